@@ -1,0 +1,1 @@
+"""Command-line interface: ``dymoe <command>``. One module per subcommand, registered in ``main.COMMANDS``."""

@@ -1,0 +1,51 @@
+"""``dymoe`` entry point.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``, which adds a parser and sets
+``func=run`` on it. Add one line to :data:`COMMANDS` per module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from dymoe.errors import DymoeError
+
+# module path of each subcommand, in the order `dymoe --help` lists them
+COMMANDS: list[str] = [
+    "dymoe.cli.ls",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dymoe",
+        description="Continual instruction tuning of vision-language models with mixtures of LoRA experts.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status (0 ok, 2 user error)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default; a user who wants hub ids sets it to 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except DymoeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
