@@ -1,0 +1,153 @@
+"""The fused mixture-of-LoRA-experts computation, as pure functions, plus the per-expert loop oracle.
+
+Notation (one wrapped projection ``h = W0 x + Δ``):
+
+- ``N`` tokens (batch × sequence flattened), ``d_in`` / ``d_out`` the projection's sizes;
+- ``E`` experts, expert ``i`` a LoRA pair ``A_i ∈ R^{r_i × d_in}``, ``B_i ∈ R^{d_out × r_i}``;
+- all experts are stored concatenated: ``A_cat = [A_1; …; A_E] ∈ R^{R × d_in}`` and
+  ``B_cat = [B_1 … B_E] ∈ R^{d_out × R}`` with ``R = Σ r_i`` rank slots;
+- gate weights ``w ∈ R^{N × E}`` (zero outside each token's top-K).
+
+The delta is ``Δ = s · Σ_i w_i B_i A_i x``, computed as two GEMMs over the concatenated bank with the gates expanded
+over each expert's rank slots (coin-protocol.md §8.2)::
+
+    Δ = ((x @ A_cat.T) * expand(w)) @ B_cat.T * s
+
+which has the FLOPs of one LoRA of rank R, and never forms the wrong ``(Σ g B)(Σ g A) x`` (§8.3).
+The loop in :func:`moe_lora_delta_reference` exists for tests and benchmarks only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ROUTER_MODES = ("linear", "cosine", "none")
+
+
+def router_scores(x: torch.Tensor, weight: torch.Tensor, mode: str, cos_scale: float = 1.0) -> torch.Tensor:
+    """Raw routing scores (logits), in fp32.
+
+    Args:
+        x: token inputs ``[N, d_in]`` (any float dtype).
+        weight: router rows ``[E, d_in]``, one per expert.
+        mode: ``"linear"`` (``s = x·u``, bias-free), ``"cosine"`` (``s = κ·cos(x, u)``; κ ≤ 0 falls back to the dot
+            product, as the upstream DyMoE code does) or ``"none"`` (all zeros: every expert weight 1, see
+            :func:`route`).
+        cos_scale: κ for the cosine router.
+
+    Returns:
+        ``[N, E]`` fp32 scores.
+    """
+    if mode == "none":
+        return x.new_zeros(x.shape[0], weight.shape[0], dtype=torch.float32)
+    xf, uf = x.float(), weight.float()
+    if mode == "cosine" and cos_scale > 0:
+        # scores in [-κ, κ]; normalising in fp32 keeps tiny-norm tokens stable
+        return F.normalize(xf, dim=-1) @ F.normalize(uf, dim=-1).T * cos_scale
+    if mode in ("linear", "cosine"):
+        return xf @ uf.T
+    raise ValueError(f"router mode must be one of {ROUTER_MODES}, got {mode!r}")
+
+
+def route(
+    scores: torch.Tensor,
+    top_k: int,
+    temperature: float,
+    *,
+    dense_ones: bool = False,
+) -> torch.Tensor:
+    """Gate weights from (possibly masked) scores: top-K, then softmax at ``temperature`` over the kept experts.
+
+    Masked experts carry ``-inf`` scores and get weight 0. A token whose scores are all ``-inf`` gets all-zero
+    weights (it is routed nowhere) instead of NaN. ``top_k >= E`` is a dense softmax over all experts.
+
+    Args:
+        scores: ``[N, E]`` fp32 scores, ``-inf`` where an expert is not allowed.
+        top_k: K; clipped to E.
+        temperature: softmax temperature (> 0).
+        dense_ones: router mode ``"none"``: every allowed expert gets weight 1 (IncLoRA / O-LoRA sum their LoRAs).
+
+    Returns:
+        ``[N, E]`` fp32 weights; rows sum to 1 (or 0 for fully masked tokens; or the number of allowed experts with
+        ``dense_ones``).
+    """
+    if dense_ones:
+        return torch.isfinite(scores).to(torch.float32)
+    n_exp = scores.shape[-1]
+    k = min(int(top_k), n_exp)
+    if k >= n_exp:
+        weights = torch.softmax(scores / temperature, dim=-1)
+    else:
+        # top-K, then a softmax renormalised over the K kept experts; other experts get exactly 0
+        top_vals, top_idx = scores.topk(k, dim=-1)  # [N, K]
+        top_w = torch.softmax(top_vals / temperature, dim=-1)
+        weights = torch.zeros_like(scores).scatter(-1, top_idx, top_w)
+    # all -inf rows give NaN in softmax: route such tokens nowhere
+    return torch.nan_to_num(weights, nan=0.0)
+
+
+def expand_gates(weights: torch.Tensor, ranks: torch.Tensor | int, total_rank: int) -> torch.Tensor:
+    """Repeat each expert's gate over its rank slots.
+
+    Args:
+        weights: ``[N, E]``.
+        ranks: an int (every expert has this rank) or a ``[E]`` integer tensor of per-expert ranks.
+        total_rank: ``R = Σ r_i`` (passed explicitly so no device sync is needed).
+
+    Returns:
+        ``[N, R]``.
+    """
+    if isinstance(ranks, int):
+        # uniform rank: a broadcast, no gather
+        n, e = weights.shape
+        return weights.unsqueeze(-1).expand(n, e, ranks).reshape(n, e * ranks)
+    return weights.repeat_interleave(ranks, dim=-1, output_size=total_rank)
+
+
+def moe_lora_delta(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    weights: torch.Tensor,
+    ranks: torch.Tensor | int,
+    scaling: float,
+) -> torch.Tensor:
+    """Fused ``Δ = s · Σ_i w_i B_i A_i x`` in two GEMMs.
+
+    Args:
+        x: ``[N, d_in]`` (already dropped-out if dropout is used).
+        lora_a: ``[R, d_in]`` concatenated A's.
+        lora_b: ``[d_out, R]`` concatenated B's.
+        weights: ``[N, E]`` gate weights (same dtype as ``x``).
+        ranks: per-expert rank (int) or ``[E]`` tensor.
+        scaling: ``s = alpha / bank_rank``.
+
+    Returns:
+        ``[N, d_out]`` in ``x``'s dtype.
+    """
+    total_rank = lora_a.shape[0]
+    h = x @ lora_a.T  # [N, R]: every expert's down-projection at once
+    h = h * expand_gates(weights, ranks, total_rank)  # [N, R]: gate each expert's rank slots
+    return (h @ lora_b.T) * scaling  # [N, d_out]
+
+
+def moe_lora_delta_reference(
+    x: torch.Tensor,
+    a_list: list[torch.Tensor],
+    b_list: list[torch.Tensor],
+    weights: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """Per-expert loop oracle (the way CoIN, MCITlib and Prism compute MoE-LoRA). Tests and benchmarks only.
+
+    Args:
+        x: ``[N, d_in]``; a_list[i]: ``[r_i, d_in]``; b_list[i]: ``[d_out, r_i]``; weights: ``[N, E]``.
+
+    Returns:
+        ``[N, d_out]``.
+    """
+    out = x.new_zeros(x.shape[0], b_list[0].shape[0]) if b_list else x.new_zeros(x.shape[0], 0)
+    for i, (a, b) in enumerate(zip(a_list, b_list)):
+        out = out + weights[:, i : i + 1] * ((x @ a.T) @ b.T)
+    return out * scaling

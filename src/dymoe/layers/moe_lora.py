@@ -1,0 +1,312 @@
+"""``MoELoRALinear``: a frozen ``nn.Linear`` plus a growable bank of routed LoRA experts.
+
+Experts come in **groups** (one per expansion, normally one per task). The layer keeps two banks:
+
+- the **frozen bank** (``frozen_A``, ``frozen_B``, ``frozen_router``): every folded group, never trained again;
+- the **trainable group** (``lora_A``, ``lora_B``, ``router``): at most one group, the one being learned.
+
+Growth is the layer's API: :meth:`add_group` appends a trainable group (B = 0, so the output is unchanged),
+:meth:`fold` moves it into the frozen bank at the end of a task (DyMoE's task-end fold, dymoe.md §3.4),
+:meth:`prune` deletes experts by id. Per-expert metadata lives in buffers: ``expert_group`` (group id),
+``expert_id`` (unique id, stable across folds) and ``expert_rank``.
+
+The forward is :func:`dymoe.layers.functional.moe_lora_delta` over the concatenated bank: no Python loop over
+experts. Router modes ``linear``, ``cosine`` and ``none`` (every allowed expert weight 1). Scores and the softmax are
+fp32; the gates are cast to the activation dtype for the two GEMMs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from dymoe.layers.context import RoutingContext, RoutingEvent
+from dymoe.layers.functional import ROUTER_MODES, moe_lora_delta, route, router_scores
+
+# parameter names, declared once: save/load and requires_grad filtering work on these (PEFT style)
+TRAINABLE_NAMES = ("lora_A", "lora_B", "router")
+FROZEN_NAMES = ("frozen_A", "frozen_B", "frozen_router")
+META_NAMES = ("expert_group", "expert_id", "expert_rank", "expert_trainable")
+INIT_MODES = ("kaiming", "normal")
+
+
+class MoELoRALinear(nn.Module):
+    """A frozen linear layer with a routed, growable mixture of LoRA experts.
+
+    ``h = W0 x + s · Σ_i w_i(x) B_i A_i dropout(x)`` with ``w`` the top-K softmax of the router scores at
+    ``temperature`` and ``s = alpha / bank_rank``.
+
+    Args:
+        base: the wrapped linear layer (frozen in place; its weights are not copied).
+        alpha: LoRA alpha.
+        bank_rank: the rank that ``alpha`` is divided by (DyMoE: the per-task bank rank ``E_t · r``, dymoe.md §2.2).
+        top_k: K, over all present experts; ``K >= E`` is a dense softmax.
+        router: ``"linear"``, ``"cosine"`` or ``"none"``.
+        temperature: softmax temperature of the routing (DyMoE: 0.01 with the cosine router).
+        cos_scale: κ of the cosine router.
+        dropout: dropout on the experts' input (the router sees the un-dropped input).
+        init: ``"kaiming"`` (A kaiming-uniform a=√5 like PEFT / DyMoE) or ``"normal"`` (A ~ N(0, 0.01) like CoIN).
+        context: the shared :class:`RoutingContext` (one per model); a private one if None.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        *,
+        alpha: float = 128.0,
+        bank_rank: int = 64,
+        top_k: int = 16,
+        router: str = "cosine",
+        temperature: float = 0.01,
+        cos_scale: float = 1.0,
+        dropout: float = 0.05,
+        init: str = "kaiming",
+        context: RoutingContext | None = None,
+    ):
+        super().__init__()
+        if router not in ROUTER_MODES:
+            raise ValueError(f"router must be one of {ROUTER_MODES}, got {router!r}")
+        if init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.base = base
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.alpha, self.bank_rank = float(alpha), int(bank_rank)
+        self.scaling = self.alpha / self.bank_rank
+        self.top_k, self.router_mode, self.temperature = int(top_k), router, float(temperature)
+        self.cos_scale, self.init = float(cos_scale), init
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.context = context if context is not None else RoutingContext()
+        self._next_expert_id = 0
+
+        w = base.weight
+        for name in FROZEN_NAMES + TRAINABLE_NAMES:
+            self._set_param(name, self._empty(name, 0, w.dtype, w.device), trainable=name in TRAINABLE_NAMES)
+        for name in META_NAMES:
+            dtype = torch.bool if name == "expert_trainable" else torch.long
+            self.register_buffer(name, torch.zeros(0, dtype=dtype, device=w.device))
+        self._refresh()
+
+    # ------------------------------------------------------------------ structure
+    def _empty(self, name: str, rows: int, dtype, device) -> torch.Tensor:
+        if name.endswith("_A") or name == "lora_A":
+            return torch.zeros(rows, self.in_features, dtype=dtype, device=device)
+        if name.endswith("_B") or name == "lora_B":
+            return torch.zeros(self.out_features, rows, dtype=dtype, device=device)
+        return torch.zeros(rows, self.in_features, dtype=dtype, device=device)  # router rows
+
+    def _set_param(self, name: str, value: torch.Tensor, *, trainable: bool) -> None:
+        # re-registering replaces the Parameter object: optimizers must be rebuilt after any growth step
+        setattr(self, name, nn.Parameter(value.detach().clone() if trainable else value.detach(), requires_grad=trainable))
+
+    def _refresh(self) -> None:
+        # host-side copies of the bank's shape, so the forward never syncs with the device
+        self._n_experts = int(self.expert_id.numel())
+        self._n_frozen = int((~self.expert_trainable).sum())
+        self._groups = list(dict.fromkeys(self.expert_group.tolist()))
+        ranks = self.expert_rank.tolist()
+        self._rank = ranks[0] if ranks and all(r == ranks[0] for r in ranks) else None
+
+    @property
+    def num_experts(self) -> int:
+        return self._n_experts
+
+    @property
+    def num_frozen(self) -> int:
+        return self._n_frozen
+
+    @property
+    def trainable_mask(self) -> torch.Tensor:
+        """``[E]`` bool: true for experts of the trainable group (frozen experts come first)."""
+        return self.expert_trainable
+
+    @property
+    def groups(self) -> list[int]:
+        """Group ids present in this layer, in bank order."""
+        return list(self._groups)
+
+    @property
+    def has_trainable_group(self) -> bool:
+        return self._n_experts > self._n_frozen
+
+    @torch.no_grad()
+    def add_group(self, group_id: int, num_experts: int, rank: int, *, trainable: bool = True) -> list[int]:
+        """Append a group of ``num_experts`` experts of rank ``rank``; returns their expert ids.
+
+        A new trainable group has ``B = 0`` (the layer's output is unchanged), A initialised per ``init`` and
+        router rows with the ``nn.Linear`` default (kaiming-uniform), dymoe.md §2.2. A frozen group
+        (``trainable=False``) is appended to the frozen bank, e.g. when a checkpoint is rebuilt.
+        """
+        if num_experts <= 0 or rank <= 0:
+            raise ValueError(f"num_experts and rank must be positive, got {num_experts}, {rank}")
+        if group_id in self.groups:
+            raise ValueError(f"group {group_id} already exists in this layer")
+        if trainable and self.has_trainable_group:
+            raise ValueError("the layer already has a trainable group; fold or freeze it first")
+        w = self.base.weight
+        a = torch.empty(num_experts * rank, self.in_features, dtype=torch.float32, device=w.device)
+        if self.init == "kaiming":
+            # PEFT's LoRA init; one fan-in per expert is the same as per row-block since fan_in = d_in
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        else:
+            nn.init.normal_(a, std=0.01)
+        b = torch.zeros(self.out_features, num_experts * rank, dtype=w.dtype, device=w.device)
+        u = torch.empty(num_experts, self.in_features, dtype=torch.float32, device=w.device)
+        nn.init.kaiming_uniform_(u, a=math.sqrt(5))
+        ids = list(range(self._next_expert_id, self._next_expert_id + num_experts))
+        self._next_expert_id += num_experts
+        meta = {
+            "expert_group": torch.full((num_experts,), group_id, dtype=torch.long),
+            "expert_id": torch.tensor(ids, dtype=torch.long),
+            "expert_rank": torch.full((num_experts,), rank, dtype=torch.long),
+            "expert_trainable": torch.full((num_experts,), trainable, dtype=torch.bool),
+        }
+        if trainable:
+            self._set_param("lora_A", a.to(w.dtype), trainable=True)
+            self._set_param("lora_B", b, trainable=True)
+            self._set_param("router", u.to(w.dtype), trainable=True)
+            for name, value in meta.items():
+                setattr(self, name, torch.cat([getattr(self, name), value.to(w.device)]))
+        else:
+            # frozen experts go at the end of the frozen bank, before any trainable group
+            nf = self.num_frozen
+            self._set_param("frozen_A", torch.cat([self.frozen_A, a.to(w.dtype)]), trainable=False)
+            self._set_param("frozen_B", torch.cat([self.frozen_B, b], dim=1), trainable=False)
+            self._set_param("frozen_router", torch.cat([self.frozen_router, u.to(w.dtype)]), trainable=False)
+            for name, value in meta.items():
+                cur = getattr(self, name)
+                setattr(self, name, torch.cat([cur[:nf], value.to(w.device), cur[nf:]]))
+        self._refresh()
+        return ids
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Move the trainable group into the frozen bank (rows of A, columns of B, router rows); no-op if none.
+
+        The output is unchanged: the concatenated bank is the same, only ``requires_grad`` changes.
+        """
+        if not self.has_trainable_group:
+            return
+        self._set_param("frozen_A", torch.cat([self.frozen_A, self.lora_A.detach()]), trainable=False)
+        self._set_param("frozen_B", torch.cat([self.frozen_B, self.lora_B.detach()], dim=1), trainable=False)
+        self._set_param("frozen_router", torch.cat([self.frozen_router, self.router.detach()]), trainable=False)
+        for name in TRAINABLE_NAMES:
+            self._set_param(name, self._empty(name, 0, self.frozen_A.dtype, self.frozen_A.device), trainable=True)
+        self.expert_trainable = torch.zeros_like(self.expert_trainable)
+        self._refresh()
+
+    @torch.no_grad()
+    def prune(self, expert_ids: list[int]) -> None:
+        """Remove the experts with these ids (their A rows, B columns and router rows) from either bank."""
+        ids = torch.tensor(sorted(set(int(i) for i in expert_ids)), dtype=torch.long, device=self.expert_id.device)
+        missing = ids[~torch.isin(ids, self.expert_id)]
+        if missing.numel():
+            raise ValueError(f"no experts with ids {missing.tolist()} in this layer")
+        keep = ~torch.isin(self.expert_id, ids)  # [E]
+        slot_keep = keep.repeat_interleave(self.expert_rank)  # [R]
+        nf, nf_slots = self.num_frozen, int(self.expert_rank[: self.num_frozen].sum())
+        fk, tk = keep[:nf], keep[nf:]
+        fs, ts = slot_keep[:nf_slots], slot_keep[nf_slots:]
+        self._set_param("frozen_A", self.frozen_A[fs], trainable=False)
+        self._set_param("frozen_B", self.frozen_B[:, fs], trainable=False)
+        self._set_param("frozen_router", self.frozen_router[fk], trainable=False)
+        if self.has_trainable_group:
+            self._set_param("lora_A", self.lora_A.detach()[ts], trainable=True)
+            self._set_param("lora_B", self.lora_B.detach()[:, ts], trainable=True)
+            self._set_param("router", self.router.detach()[tk], trainable=True)
+        for name in META_NAMES:
+            setattr(self, name, getattr(self, name)[keep])
+        self._refresh()
+
+    def structure(self) -> dict:
+        """JSON-serialisable description of the bank (enough to rebuild empty tensors of the right shapes)."""
+        return {
+            "expert_group": self.expert_group.tolist(),
+            "expert_id": self.expert_id.tolist(),
+            "expert_rank": self.expert_rank.tolist(),
+            "expert_trainable": self.expert_trainable.tolist(),
+            "next_expert_id": self._next_expert_id,
+        }
+
+    @torch.no_grad()
+    def load_structure(self, spec: dict) -> None:
+        """Resize the banks to match :meth:`structure` output (contents zero; load the tensors afterwards)."""
+        trainable = torch.tensor(spec["expert_trainable"], dtype=torch.bool)
+        ranks = torch.tensor(spec["expert_rank"], dtype=torch.long)
+        n_frozen = int((~trainable).sum())
+        if bool(trainable[:n_frozen].any()):
+            raise ValueError("frozen experts must come before trainable ones")
+        fr, tr = int(ranks[:n_frozen].sum()), int(ranks[n_frozen:].sum())
+        w = self.base.weight
+        for name, rows in (("frozen_A", fr), ("frozen_B", fr), ("frozen_router", n_frozen)):
+            self._set_param(name, self._empty(name, rows, w.dtype, w.device), trainable=False)
+        for name, rows in (("lora_A", tr), ("lora_B", tr), ("router", len(trainable) - n_frozen)):
+            self._set_param(name, self._empty(name, rows, w.dtype, w.device), trainable=True)
+        self.expert_group = torch.tensor(spec["expert_group"], dtype=torch.long, device=w.device)
+        self.expert_id = torch.tensor(spec["expert_id"], dtype=torch.long, device=w.device)
+        self.expert_rank = ranks.to(w.device)
+        self.expert_trainable = trainable.to(w.device)
+        self._next_expert_id = int(spec.get("next_expert_id", max(spec["expert_id"], default=-1) + 1))
+        self._refresh()
+
+    # ------------------------------------------------------------------ forward
+    def bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The whole bank, frozen experts first: ``A [R, d_in]``, ``B [d_out, R]``, ``U [E, d_in]``."""
+        if not self.has_trainable_group:
+            return self.frozen_A, self.frozen_B, self.frozen_router
+        if self.num_frozen == 0:
+            return self.lora_A, self.lora_B, self.router
+        return (
+            torch.cat([self.frozen_A, self.lora_A]),
+            torch.cat([self.frozen_B, self.lora_B], dim=1),
+            torch.cat([self.frozen_router, self.router]),
+        )
+
+    def gate_weights(self, x2d: torch.Tensor, batch: int, seq: int) -> tuple[torch.Tensor, RoutingEvent | None]:
+        """Routing for ``x2d [N, d_in]`` (``N = batch * seq``): returns weights ``[N, E]`` fp32 and the event."""
+        _, _, u = self.bank()
+        ctx = self.context
+        scores = router_scores(x2d, u, self.router_mode, self.cos_scale)  # [N, E] fp32
+        adjusted = scores
+        if ctx.policy is not None:
+            adjusted = ctx.policy(adjusted, self)
+        allowed = ctx.allowed_experts(self.expert_group, batch, seq, max(self._groups))
+        if allowed is not None:
+            adjusted = adjusted.masked_fill(~allowed, float("-inf"))
+        if self.router_mode == "none":
+            weights = route(adjusted, self.top_k, self.temperature, dense_ones=True)
+        else:
+            weights = route(adjusted, self.top_k, self.temperature)
+        event = None
+        if ctx.recording and ctx.observers:
+            event = RoutingEvent(self, scores, adjusted, weights, ctx.token_mask(batch, seq))
+        return weights, event
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., d_in]`` → ``[..., d_out]``."""
+        out = self.base(x)
+        if self.num_experts == 0:
+            return out
+        lead = x.shape[:-1]
+        batch, seq = (lead[0], math.prod(lead[1:])) if len(lead) >= 2 else (1, math.prod(lead))
+        x2d = x.reshape(-1, self.in_features)  # [N, d_in]
+        weights, event = self.gate_weights(x2d, batch, seq)
+        if event is not None:
+            self.context.emit(event)
+        a, b, _ = self.bank()
+        ranks = self._rank if self._rank is not None else self.expert_rank
+        delta = moe_lora_delta(self.dropout(x2d), a, b, weights.to(x.dtype), ranks, self.scaling)  # [N, d_out]
+        return out + delta.reshape(*lead, self.out_features).to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, experts={self.num_experts} "
+            f"(frozen {self.num_frozen}), groups={self.groups}, router={self.router_mode}, top_k={self.top_k}, "
+            f"T={self.temperature}, scaling={self.scaling:g}"
+        )
