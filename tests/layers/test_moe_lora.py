@@ -53,8 +53,8 @@ def test_new_group_with_zero_b_adds_nothing_when_masked_out():
     layer.add_group(1, 4, 2)
     assert layer.num_experts == 8 and layer.has_trainable_group and torch.count_nonzero(layer.lora_B) == 0
     layer.context.group_mask = torch.tensor([[True, False]] * 3)
-    # equal up to the GEMM's summation order (the bank is longer by exact zeros)
-    torch.testing.assert_close(layer(x), before, atol=1e-12, rtol=0)
+    # equal up to summation order (the bank is longer by exact zeros; gates are fp32)
+    torch.testing.assert_close(layer(x), before, atol=1e-6, rtol=1e-6)
 
 
 def test_new_group_with_zero_b_is_a_noop_with_dense_ones_router():
@@ -64,7 +64,7 @@ def test_new_group_with_zero_b_is_a_noop_with_dense_ones_router():
     x = torch.randn(3, 4, 10, dtype=torch.float64)
     before = layer(x)
     layer.add_group(1, 1, 4)
-    torch.testing.assert_close(layer(x), before, atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer(x), before, atol=1e-6, rtol=1e-6)
 
 
 def test_first_group_is_a_noop_for_the_base():
