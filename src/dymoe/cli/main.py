@@ -16,6 +16,9 @@ from dymoe.errors import DymoeError
 # module path of each subcommand, in the order `dymoe --help` lists them
 COMMANDS: list[str] = [
     "dymoe.cli.ls",
+    "dymoe.cli.score",
+    "dymoe.cli.metrics",
+    "dymoe.cli.verify_data",
 ]
 
 

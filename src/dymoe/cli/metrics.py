@@ -1,0 +1,38 @@
+"""``dymoe metrics MATRIX.json [--json]``: MFT, MFN, MAA, BWT (+ forgetting) of an accuracy matrix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dymoe.eval.metrics import load_matrix, summarize
+
+
+def register(sub) -> None:
+    p = sub.add_parser("metrics", help="MFT/MFN/MAA/BWT of a lower-triangular accuracy matrix")
+    p.add_argument("matrix", help='JSON {"tasks": [...], "accuracy": [[a11], [a21, a22], ...]} (percent)')
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def format_table(tasks: list[str], matrix: list[list[float]], summary: dict) -> str:
+    """The matrix (rows = after training task j) followed by the metrics."""
+    width = max(8, *(len(t) for t in tasks)) + 1
+    lines = ["after \\ on".ljust(width) + "".join(t.rjust(width) for t in tasks[: len(matrix)])]
+    for j, row in enumerate(matrix):
+        lines.append(tasks[j].ljust(width) + "".join(f"{a:.2f}".rjust(width) for a in row))
+    lines.append("")
+    for key in ("MFT", "MFN", "MAA", "BWT", "forgetting"):
+        value = summary[key]
+        lines.append(f"{key:<11}" + ("n/a (needs 2+ tasks)" if value is None else f"{value:.2f}"))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    tasks, matrix = load_matrix(args.matrix)
+    summary = summarize(matrix)
+    if args.json:
+        print(json.dumps({"tasks": tasks[: len(matrix)], **summary}))
+    else:
+        print(format_table(tasks, matrix, summary))
+    return 0

@@ -1,0 +1,245 @@
+"""CoIN instruction files: training conversations and test questions (+ evaluation side files).
+
+Train rows (LLaVA format)::
+
+    {"id": "...", "image": "rel/path.jpg",                       # "image" absent → text-only sample
+     "conversations": [{"from": "human", "value": "<image>\\nQ1"}, {"from": "gpt", "value": "A1"}, ...]}
+
+Test rows::
+
+    {"question_id": ..., "image": "rel/path.jpg", "text": "prompt",
+     "answer": "..." | "answers": [...] | "answer_bbox": "[x1, y1, x2, y2]" + "size": [w, h]}
+
+Side files (``TaskSpec.annotations``) are merged into each test reference under ``"annotation"``: ScienceQA
+``problems`` (entry ``problems[qid]``), TextVQA ``annotations`` (the ``data`` entry with the same ``question_id``),
+GQA ``questions`` (``questions[qid]``). **Fallback**: when a side file is not listed, or listed but not on disk
+(a warning is logged), nothing is merged and the scorer reads the inline ``answer`` / ``answers`` fields of the
+test row; a row with neither is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from dymoe.data.images import resolve_image
+from dymoe.data.tasks import TaskSpec, normalize_instruction_type
+from dymoe.data.templates import rewrite_prompt
+from dymoe.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass
+class TrainSample:
+    """One training conversation: ``turns`` are (user, assistant) pairs without the ``<image>`` placeholder;
+    ``image`` is the resolved path or ``None`` for a text-only sample."""
+
+    id: str
+    image: Path | None
+    turns: list[tuple[str, str]]
+
+
+@dataclass
+class TestSample:
+    """One test question: ``prompt`` is the user text (no ``<image>``); ``reference`` the raw row plus the merged
+    side-file entry under ``"annotation"`` (what the scorer needs)."""
+
+    question_id: Any
+    image: Path | None
+    prompt: str
+    reference: dict
+
+
+@dataclass
+class SkippedRow:
+    """A training row dropped by ``skip_invalid=True``."""
+
+    index: int
+    id: str | None
+    reason: str
+
+
+class TrainSet(list):
+    """``list[TrainSample]`` that also carries the rows skipped with ``skip_invalid=True`` (``.skipped``)."""
+
+    skipped: list[SkippedRow]
+
+    def __init__(self, samples: list[TrainSample], skipped: list[SkippedRow]):
+        super().__init__(samples)
+        self.skipped = skipped
+
+
+def read_json_rows(path: Path) -> list[dict]:
+    """Parse a JSON list of objects; malformed JSON, a non-list or a non-object row raises :class:`DataError`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise DataError(f"{path} row {i}: expected an object, got {type(row).__name__}")
+    return data
+
+
+def strip_image_token(text: str) -> str:
+    """Remove ``<image>`` and the newline LLaVA puts next to it (``"<image>\\nQ"`` / ``"Q\\n<image>"`` → ``"Q"``)."""
+    return text.replace(IMAGE_TOKEN + "\n", "").replace("\n" + IMAGE_TOKEN, "").replace(IMAGE_TOKEN, "").strip()
+
+
+def _image(row: dict, task: TaskSpec, where: str, check_images: bool) -> Path | None:
+    if "image" not in row or row["image"] is None:
+        return None
+    path = resolve_image(task.image_root, row["image"], where=where)
+    if check_images and not path.is_file():
+        raise DataError(f"{where}: image {path} does not exist")
+    return path
+
+
+def parse_train_row(
+    row: dict, index: int, task: TaskSpec, *, check_images: bool = True
+) -> tuple[str, Path | None, list[tuple[str, str]]]:
+    """Validate one LLaVA conversation row; returns ``(id, image, turns)`` or raises :class:`DataError`."""
+    where = f"{task.train} row {index}"
+    conv = row.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise DataError(f"{where}: missing or empty 'conversations' list")
+    if len(conv) % 2:
+        raise DataError(f"{where}: 'conversations' has {len(conv)} messages; expected human/gpt pairs")
+    turns = []
+    for k, msg in enumerate(conv):
+        want = "human" if k % 2 == 0 else "gpt"
+        if not isinstance(msg, dict) or msg.get("from") != want or not isinstance(msg.get("value"), str):
+            raise DataError(f"{where}: conversations[{k}] must be {{'from': '{want}', 'value': <string>}}")
+    image = _image(row, task, where, check_images)
+    has_token = any(IMAGE_TOKEN in m["value"] for m in conv)
+    if has_token and image is None:
+        raise DataError(f"{where}: the text contains '<image>' but the row has no 'image' field")
+    for k in range(0, len(conv), 2):
+        turns.append((strip_image_token(conv[k]["value"]), conv[k + 1]["value"]))
+    return str(row.get("id", index)), image, turns
+
+
+def load_train(
+    task: TaskSpec,
+    *,
+    instruction_type: str = "origin",
+    seed: int = 0,
+    skip_invalid: bool = False,
+    check_images: bool = True,
+) -> TrainSet:
+    """Load a task's training conversations.
+
+    Args:
+        instruction_type: ``origin`` | ``diverse`` | ``10type``: rewrites the Origin instruction at the end of each
+            user turn (:func:`dymoe.data.templates.rewrite_prompt`; ``10type`` draws with ``random.Random(seed)``).
+        skip_invalid: drop invalid rows (missing fields, escaping/missing image paths) instead of raising; they
+            are listed in the returned ``TrainSet.skipped`` and counted in a logged warning.
+        check_images: check that every image file exists (decoding is left to ``verify-data``).
+
+    Raises:
+        DataError: malformed JSON, or (without ``skip_invalid``) the first invalid row, naming file, row and reason.
+    """
+    itype = normalize_instruction_type(instruction_type, "load_train")
+    rng = random.Random(seed)
+    samples: list[TrainSample] = []
+    skipped: list[SkippedRow] = []
+    rows = read_json_rows(task.train)
+    for i, row in enumerate(tqdm(rows, desc=f"{task.name} train", disable=None, leave=False)):
+        try:
+            sid, image, turns = parse_train_row(row, i, task, check_images=check_images)
+        except DataError as err:
+            if not skip_invalid:
+                raise
+            skipped.append(SkippedRow(i, str(row["id"]) if "id" in row else None, str(err)))
+            continue
+        turns = [(rewrite_prompt(u, task.name, itype, rng), a) for u, a in turns]
+        samples.append(TrainSample(sid, image, turns))
+    if skipped:
+        shown = ", ".join(str(s.index) for s in skipped[:20]) + (" ..." if len(skipped) > 20 else "")
+        log.warning("%s: skipped %d invalid rows (rows %s)", task.train, len(skipped), shown)
+    return TrainSet(samples, skipped)
+
+
+# ---------------------------------------------------------------------------------------------------------- test
+SIDE_KEYS = {"sqa": "problems", "textvqa": "annotations", "gqa": "questions"}
+
+
+def load_side_index(task: TaskSpec) -> dict[str, dict] | None:
+    """``{question_id (str): side-file entry}`` for the task's scorer, or ``None`` (fallback to inline answers)."""
+    base = task.scorer.removesuffix("-strict")
+    key = SIDE_KEYS.get(base)
+    if key is None or key not in task.annotations:
+        return None
+    path = task.annotations[key]
+    if not path.is_file():
+        log.warning("%s: side file %s not found; scoring falls back to the test file's inline answers", task.name, path)
+        return None
+    from dymoe.eval.scorers import read_json
+
+    data = read_json(path)
+    if base == "textvqa":
+        data = data.get("data") if isinstance(data, dict) else data
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected {{'data': [...]}} (TextVQA annotation format)")
+        return {str(a.get("question_id")): a for a in data if isinstance(a, dict)}
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected an object keyed by question id")
+    return {str(k): v for k, v in data.items()}
+
+
+def _check_truth(row: dict, scorer: str, where: str) -> None:
+    base = scorer.removesuffix("-strict")
+    if base == "grounding":
+        missing = [k for k in ("answer_bbox", "size") if k not in row]
+    elif base == "textvqa":
+        missing = [] if ("answers" in row or "answer" in row) else ["answers"]
+    else:
+        missing = [] if "answer" in row else ["answer"]
+    if missing:
+        raise DataError(f"{where}: missing field {missing[0]!r} (needed by scorer {scorer!r})")
+
+
+def load_test(task: TaskSpec, *, instruction_type: str = "origin", seed: int = 0) -> list[TestSample]:
+    """Load a task's test questions with their references (see the module docstring for side files).
+
+    Raises :class:`DataError` naming the file and row for malformed JSON, a missing ``question_id``/``text``, a
+    missing ground-truth field (when no side file provides it), an escaping or missing image path, or a question
+    absent from a side file.
+    """
+    itype = normalize_instruction_type(instruction_type, "load_test")
+    rng = random.Random(seed)
+    side = load_side_index(task)
+    out = []
+    for i, row in enumerate(read_json_rows(task.test)):
+        where = f"{task.test} row {i}"
+        for key in ("question_id", "text"):
+            if key not in row:
+                raise DataError(f"{where}: missing field {key!r}")
+        if not isinstance(row["text"], str):
+            raise DataError(f"{where}: 'text' must be a string")
+        ref = dict(row)
+        if side is not None:
+            entry = side.get(str(row["question_id"]))
+            if entry is None:
+                raise DataError(f"{where}: question_id {row['question_id']!r} is not in the side file")
+            ref["annotation"] = entry
+        else:
+            _check_truth(row, task.scorer, where)
+        image = _image(row, task, where, check_images=True)
+        prompt = rewrite_prompt(strip_image_token(row["text"]), task.name, itype, rng)
+        out.append(TestSample(row["question_id"], image, prompt, ref))
+    return out
