@@ -13,6 +13,11 @@ Observers are callables receiving a :class:`RoutingEvent` from each layer on eac
 frequency, token types) from these events; the layer knows nothing about them. Recording is switched off during
 evaluation and during the recomputation that gradient checkpointing performs in backward, so nothing is counted
 twice.
+
+Rule for observers: a callback runs *inside* the layer's forward, which may be a gradient-checkpointed region. It
+must not do differentiable math there (the recomputation would save a different set of tensors). Stash the event's
+tensors and compute loss terms after the model's forward returns; non-differentiable statistics under
+``torch.no_grad()`` are fine anywhere.
 """
 
 from __future__ import annotations

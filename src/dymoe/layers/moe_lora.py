@@ -102,7 +102,9 @@ class MoELoRALinear(nn.Module):
         return torch.zeros(rows, self.in_features, dtype=dtype, device=device)  # router rows
 
     def _set_param(self, name: str, value: torch.Tensor, *, trainable: bool) -> None:
-        # re-registering replaces the Parameter object: optimizers must be rebuilt after any growth step
+        # re-registering replaces the Parameter object: optimizers must be rebuilt after any growth step.
+        # An empty trainable slot does not require grad, so "frozen model" checks stay simple.
+        trainable = trainable and value.numel() > 0
         setattr(self, name, nn.Parameter(value.detach().clone() if trainable else value.detach(), requires_grad=trainable))
 
     def _refresh(self) -> None:
