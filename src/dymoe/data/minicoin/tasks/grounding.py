@@ -1,0 +1,81 @@
+"""Grounding-like (RefCOCO in CoIN): output the box of the object a short phrase describes.
+
+Boxes follow CoIN's RefCOCO convention: the image is padded to a ``max(w, h)`` square (centred, offset
+``(w - h) / 2``) and coordinates are divided by the square side, printed with 2 decimals as ``"[x1, y1, x2, y2]"``.
+Half the images are not square, so the padding convention matters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dymoe.data.minicoin.tasks.base import GROUNDING_INSTRUCTION, Sample
+from dymoe.data.minicoin.world import (
+    BACKGROUNDS,
+    LANDSCAPE,
+    PATTERNS,
+    PORTRAIT,
+    SQUARE,
+    Box,
+    SceneObject,
+    above,
+    grid_boxes,
+    left_of,
+    pick,
+    random_objects,
+    render_scene,
+)
+
+
+def normalise_box(box: Box, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Pixel box ``(x1, y1, x2, y2)`` of a ``size = (w, h)`` image → coordinates in the padded unit square.
+
+    Same arithmetic as CoIN's ``change_bbox`` (eval_grounding.py): the shorter side is centred in the square.
+    """
+    w, h = size
+    side = max(w, h)
+    dx, dy = (side - w) / 2, (side - h) / 2
+    x1, y1, x2, y2 = box
+    return ((x1 + dx) / side, (y1 + dy) / side, (x2 + dx) / side, (y2 + dy) / side)
+
+
+def format_box(coords: tuple[float, float, float, float]) -> str:
+    """``"[0.12, 0.34, 0.56, 0.78]"``: the answer string of RefCOCO rows in LLaVA/CoIN data."""
+    return "[" + ", ".join(f"{v:.2f}" for v in coords) + "]"
+
+
+def _expressions(target: SceneObject, objs: list[SceneObject]) -> list[str]:
+    """Every phrase that picks out ``target`` and no other object."""
+    others = [o for o in objs if o is not target]
+    out = [f"the {target.colour} {target.shape}"]
+    if all(o.shape != target.shape for o in others):
+        out.append(f"the {target.shape}")
+    if all(o.colour != target.colour for o in others):
+        out.append(f"the {target.colour} object")
+    if all(left_of(target, o) for o in others):
+        out.append(f"the {target.shape} on the left")
+    if all(left_of(o, target) for o in others):
+        out.append(f"the {target.shape} on the right")
+    if all(above(target, o) for o in others):
+        out.append(f"the top {target.shape}")
+    if all(above(o, target) for o in others):
+        out.append(f"the bottom {target.shape}")
+    return out
+
+
+def make_sample(rng: np.random.Generator, split: str) -> Sample:
+    """2-3 objects with distinct (colour, shape) on a square, landscape or portrait image; one is described."""
+    size = (SQUARE, SQUARE, LANDSCAPE, PORTRAIT)[int(rng.integers(4))]
+    n = int(rng.integers(2, 4))
+    objs = random_objects(rng, grid_boxes(rng, size, n, min_side=14, max_side=28), patterns=PATTERNS)
+    img = render_scene(size, pick(rng, BACKGROUNDS), objs)
+    target = pick(rng, objs)
+    phrase = pick(rng, _expressions(target, objs))
+    answer = format_box(normalise_box(target.box, size))
+    prompt = f"{GROUNDING_INSTRUCTION}: {phrase}."
+    return Sample(
+        img,
+        [(prompt, answer)],
+        truth={"answer_bbox": answer, "size": [size[0], size[1]]},
+        meta={"question": phrase, "objects": objs, "target": target},
+    )
