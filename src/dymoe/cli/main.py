@@ -19,6 +19,7 @@ COMMANDS: list[str] = [
     "dymoe.cli.score",
     "dymoe.cli.metrics",
     "dymoe.cli.verify_data",
+    "dymoe.cli.make_minicoin",
 ]
 
 
