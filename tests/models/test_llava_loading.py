@@ -175,3 +175,19 @@ def test_image_background_color_is_clip_mean_times_255(llava):
     _, processor = llava
     # LLaVA's expand2square: tuple(int(x * 255) for x in image_mean); CLIP mean (0.4815, 0.4578, 0.4082).
     assert image_background_color(processor) == (122, 116, 104)
+
+
+def test_unknown_model_type_is_a_dymoe_error(tmp_path):
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text('{"model_type": "not_a_model_type"}')
+    with pytest.raises(DymoeError, match=r"cannot read the model config .*odd/config.json"):
+        load_backbone(tmp_path / "odd")
+
+
+def test_importing_dymoe_models_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, dymoe.models; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -141,7 +141,7 @@ def load_backbone(
 
             model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
             processor = AutoTokenizer.from_pretrained(source, **common)
-    except OSError as e:  # missing weights / tokenizer files, hub errors
+    except (OSError, ValueError) as e:  # missing weights / tokenizer files, hub errors, unknown model class
         raise DymoeError(f"cannot load the model at {source}: {e}") from e
     if device is not None:
         model.to(device)
