@@ -10,7 +10,7 @@ from PIL import Image
 #: CoIN Instructions_Original texts (DyMoE supplement Table 16, "Original" column), with LLaVA's final period
 SQA_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 SHORT_ANSWER = "Answer the question using a single word or phrase."
-GROUNDING_INSTRUCTION = "Please provide the bounding box coordinate of the region this sentence describes"
+GROUNDING_INSTRUCTION = "Please provide the bounding box coordinate of the region this sentence describes."
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Boxes follow CoIN's RefCOCO convention: the image is padded to a ``max(w, h)`` square (centred, offset
 ``(w - h) / 2``) and coordinates are divided by the square side, printed with 2 decimals as ``"[x1, y1, x2, y2]"``.
-Half the images are not square, so the padding convention matters.
+Half the images are not square, so the padding convention matters. The prompt is ``"<phrase>\n<instruction>"`` like
+every other task (LLaVA's own RefCOCO rows put the phrase after a colon instead), so the instruction rewrite of
+:mod:`dymoe.data.templates` applies to it too.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def make_sample(rng: np.random.Generator, split: str) -> Sample:
     target = pick(rng, objs)
     phrase = pick(rng, _expressions(target, objs))
     answer = format_box(normalise_box(target.box, size))
-    prompt = f"{GROUNDING_INSTRUCTION}: {phrase}."
+    prompt = f"{phrase}\n{GROUNDING_INSTRUCTION}"
     return Sample(
         img,
         [(prompt, answer)],
