@@ -9,6 +9,7 @@ from dymoe.eval.metrics import load_matrix, summarize
 
 
 def register(sub) -> None:
+    """Add the subcommand's parser to ``sub`` (the ``dymoe`` subparsers)."""
     p = sub.add_parser("metrics", help="MFT/MFN/MAA/BWT of a lower-triangular accuracy matrix")
     p.add_argument("matrix", help='JSON {"tasks": [...], "accuracy": [[a11], [a21, a22], ...]} (percent)')
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -29,6 +30,7 @@ def format_table(tasks: list[str], matrix: list[list[float]], summary: dict) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the command: load and validate the matrix, print the table (or one JSON object with --json)."""
     tasks, matrix = load_matrix(args.matrix)
     summary = summarize(matrix)
     if args.json:

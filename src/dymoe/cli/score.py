@@ -11,6 +11,7 @@ from dymoe.eval.scorers import ANNOTATION_KEYS, SCORERS, base_name, load_annotat
 
 
 def register(sub) -> None:
+    """Add the subcommand's parser to ``sub`` (the ``dymoe`` subparsers)."""
     p = sub.add_parser("score", help="score predictions (merge.jsonl) against a CoIN test file")
     p.add_argument("--scorer", required=True, help=f"one of: {', '.join(SCORERS.names())}")
     p.add_argument("--predictions", required=True, help='JSONL, one {"question_id": ..., "text": ...} per line')
@@ -61,6 +62,7 @@ def _annotation_files(scorer: str, specs: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the command: score predictions; prints the accuracy (or one JSON object with --json)."""
     scorer = SCORERS.get(args.scorer)
     preds = read_jsonl(Path(args.predictions))
     refs = read_json(Path(args.references))

@@ -9,6 +9,7 @@ from dymoe.data.verify import verify_benchmark
 
 
 def register(sub) -> None:
+    """Add the subcommand's parser to ``sub`` (the ``dymoe`` subparsers)."""
     p = sub.add_parser("verify-data", help="open every referenced file and decode every image of a benchmark")
     p.add_argument("benchmark", help="benchmark YAML (e.g. configs/benchmarks/coin.yaml)")
     p.add_argument("--data-root", default=None, help="directory the YAML's paths are relative to")
@@ -17,6 +18,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the command: verify every task; exit 1 if any problem was found."""
     bench = load_benchmark(args.benchmark, data_root=args.data_root)
     problems = verify_benchmark(bench, decode=not args.no_decode)
     for p in problems:
