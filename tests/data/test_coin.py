@@ -161,3 +161,13 @@ def test_question_missing_from_side_file(coin_root):
     _rewrite(task.test, lambda r: r[0].update({"question_id": "999"}))
     with pytest.raises(DataError, match="row 0: question_id '999' is not in the side file"):
         load_test(task)
+
+
+def test_undecodable_train_image(coin_root):
+    task = bench(coin_root).task("ScienceQA")
+    (coin_root / "cl_dataset/ScienceQA/images/train/1.png").write_bytes(b"\x89PNG but truncated")
+    assert len(load_train(task)) == 2  # existence only by default
+    with pytest.raises(DataError, match=r"ScienceQA/train.json row 0: image .*1.png does not decode"):
+        load_train(task, decode_images=True)
+    kept = load_train(task, decode_images=True, skip_invalid=True)
+    assert [s.id for s in kept] == ["sqa-2"] and kept.skipped[0].index == 0 and kept.skipped[0].id == "sqa-1"

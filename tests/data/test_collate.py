@@ -182,3 +182,10 @@ def test_batch_runs_through_the_tiny_llava(tiny_llava_dir, processor, images):
     ])
     out = model(**batch)
     assert torch.isfinite(out.loss)
+
+
+def test_undecodable_image_names_the_sample(processor, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="sample 'x7': image .*bad.jpg does not decode"):
+        VLMCollator(processor, max_length=64)([TrainSample("x7", bad, [("Q?", "A")])])

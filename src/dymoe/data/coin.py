@@ -28,10 +28,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dymoe.data.images import resolve_image
+from dymoe.data.images import load_image, resolve_image
 from dymoe.data.tasks import TaskSpec, normalize_instruction_type
 from dymoe.data.templates import rewrite_prompt
 from dymoe.errors import DataError
+from dymoe.eval.scorers import read_json
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +101,24 @@ def strip_image_token(text: str) -> str:
     return text.replace(IMAGE_TOKEN + "\n", "").replace("\n" + IMAGE_TOKEN, "").replace(IMAGE_TOKEN, "").strip()
 
 
-def _image(row: dict, task: TaskSpec, where: str, check_images: bool) -> Path | None:
+def _image(row: dict, task: TaskSpec, where: str, check_images: bool, decode: bool = False) -> Path | None:
     if "image" not in row or row["image"] is None:
         return None
     path = resolve_image(task.image_root, row["image"], where=where)
-    if check_images and not path.is_file():
+    if decode:
+        load_image(path, where=where)
+    elif check_images and not path.is_file():
         raise DataError(f"{where}: image {path} does not exist")
     return path
 
 
 def parse_train_row(
-    row: dict, index: int, task: TaskSpec, *, check_images: bool = True
+    row: dict, index: int, task: TaskSpec, *, check_images: bool = True, decode_images: bool = False
 ) -> tuple[str, Path | None, list[tuple[str, str]]]:
-    """Validate one LLaVA conversation row; returns ``(id, image, turns)`` or raises :class:`DataError`."""
+    """Validate one LLaVA conversation row; returns ``(id, image, turns)`` or raises :class:`DataError`.
+
+    ``check_images`` checks that the image exists; ``decode_images`` decodes it (slower, implies the check).
+    """
     where = f"{task.train} row {index}"
     conv = row.get("conversations")
     if not isinstance(conv, list) or not conv:
@@ -124,7 +130,7 @@ def parse_train_row(
         want = "human" if k % 2 == 0 else "gpt"
         if not isinstance(msg, dict) or msg.get("from") != want or not isinstance(msg.get("value"), str):
             raise DataError(f"{where}: conversations[{k}] must be {{'from': '{want}', 'value': <string>}}")
-    image = _image(row, task, where, check_images)
+    image = _image(row, task, where, check_images, decode_images)
     has_token = any(IMAGE_TOKEN in m["value"] for m in conv)
     if has_token and image is None:
         raise DataError(f"{where}: the text contains '<image>' but the row has no 'image' field")
@@ -140,6 +146,7 @@ def load_train(
     seed: int = 0,
     skip_invalid: bool = False,
     check_images: bool = True,
+    decode_images: bool = False,
 ) -> TrainSet:
     """Load a task's training conversations.
 
@@ -148,7 +155,9 @@ def load_train(
             user turn (:func:`dymoe.data.templates.rewrite_prompt`; ``10type`` draws with ``random.Random(seed)``).
         skip_invalid: drop invalid rows (missing fields, escaping/missing image paths) instead of raising; they
             are listed in the returned ``TrainSet.skipped`` and counted in a logged warning.
-        check_images: check that every image file exists (decoding is left to ``verify-data``).
+        check_images: check that every image file exists.
+        decode_images: also decode every image (slow on the full benchmark; ``verify-data`` does it once), so that
+            undecodable images are reported here, or skipped with ``skip_invalid``.
 
     Raises:
         DataError: malformed JSON, or (without ``skip_invalid``) the first invalid row, naming file, row and reason.
@@ -160,7 +169,7 @@ def load_train(
     rows = read_json_rows(task.train)
     for i, row in enumerate(tqdm(rows, desc=f"{task.name} train", disable=None, leave=False)):
         try:
-            sid, image, turns = parse_train_row(row, i, task, check_images=check_images)
+            sid, image, turns = parse_train_row(row, i, task, check_images=check_images, decode_images=decode_images)
         except DataError as err:
             if not skip_invalid:
                 raise
@@ -188,8 +197,6 @@ def load_side_index(task: TaskSpec) -> dict[str, dict] | None:
     if not path.is_file():
         log.warning("%s: side file %s not found; scoring falls back to the test file's inline answers", task.name, path)
         return None
-    from dymoe.eval.scorers import read_json
-
     data = read_json(path)
     if base == "textvqa":
         data = data.get("data") if isinstance(data, dict) else data

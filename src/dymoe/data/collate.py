@@ -109,8 +109,8 @@ class VLMCollator:
         self.eos_id = self.tokenizer.eos_token_id
         self.image_token_id = _image_token_id(processor)
 
-    def _pixels(self, path):
-        img = load_image(path)
+    def _pixels(self, path, where: str):
+        img = load_image(path, where=where)
         if self.pad_to_square:
             img = expand2square(img, background_from_mean(self.processor.image_processor.image_mean))
         return img
@@ -124,7 +124,7 @@ class VLMCollator:
         pixel_values = None
         for k, (text, is_answer) in enumerate(segments):
             if k == 0:
-                images = [self._pixels(sample.image)] if has_image else None
+                images = [self._pixels(sample.image, f"sample {sample.id!r}")] if has_image else None
                 enc = self.processor(text=[text], images=images, return_tensors="pt")
                 seg = enc["input_ids"][0].tolist()
                 pixel_values = enc.get("pixel_values") if has_image else None
@@ -139,16 +139,24 @@ class VLMCollator:
         if len(ids) > self.max_length:
             image_end = max((i + 1 for i, t in enumerate(ids) if t == self.image_token_id), default=0)
             if image_end > self.max_length:
-                self.num_dropped += 1
+                self._count("num_dropped", sample, f"its {image_end} tokens up to the image end exceed max_length")
                 return None
             ids, labels = ids[: self.max_length], labels[: self.max_length]
-            self.num_truncated += 1
+            self._count("num_truncated", sample, f"truncated to max_length={self.max_length}")
         if all(label == IGNORE_INDEX for label in labels):
-            self.num_dropped += 1
+            self._count("num_dropped", sample, "no answer token left within max_length")
             return None
         return ids, labels, pixel_values
 
+    def _count(self, counter: str, sample: TrainSample, why: str) -> None:
+        """Increment a counter; the first occurrence of each kind is logged so that it is never silent."""
+        value = getattr(self, counter) + 1
+        setattr(self, counter, value)
+        if value == 1:
+            log.warning("VLMCollator: sample %r %s (%s counts every such sample)", sample.id, why, counter)
+
     def __call__(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
+        """Collate a batch (see the class docstring for the keys and shapes)."""
         encoded = [e for e in (self.encode(s) for s in samples) if e is not None]
         if not encoded:
             raise DataError(
@@ -204,7 +212,7 @@ def build_generation_batch(
         text = build_prompt(processor, [(s.prompt, None)], add_generation_prompt=True, has_image=has_image)
         images = None
         if has_image:
-            img = load_image(s.image)
+            img = load_image(s.image, where=f"question {s.question_id!r}")
             if pad_to_square:
                 img = expand2square(img, background_from_mean(processor.image_processor.image_mean))
             images = [img]

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from dymoe.errors import ConfigError
+from dymoe.eval.scorers import SCORERS  # the registry is the source of truth for scorer names
 
 INSTRUCTION_TYPES = ("origin", "diverse", "10type")
 _TOP_KEYS = {"name", "instruction_type", "data_root", "order", "orders", "tasks"}
@@ -79,8 +80,6 @@ def _str(value: Any, where: str) -> str:
 
 
 def _task(raw: Any, idx: int, root: Path, path: Path) -> TaskSpec:
-    from dymoe.eval.scorers import SCORERS  # the registry is the source of truth for scorer names
-
     where = f"{path}: tasks[{idx}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping")
