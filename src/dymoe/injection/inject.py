@@ -36,6 +36,8 @@ class AdapterConfig:
         cos_scale: κ of the cosine router: 1.0.
         dropout: LoRA dropout on the experts' input: 0.05 (A6).
         init: ``kaiming`` (PEFT/DyMoE) or ``normal`` (CoIN's N(0, 0.01)) for A; B starts at 0.
+        param_dtype: ``float32`` keeps expert tensors in fp32 under a bf16/fp16 base (fp32 master weights with
+            autocast, as PEFT does); ``base`` uses the base weights' dtype.
     """
 
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
@@ -50,8 +52,11 @@ class AdapterConfig:
     cos_scale: float = 1.0
     dropout: float = 0.05
     init: str = "kaiming"
+    param_dtype: str = "float32"
 
     def __post_init__(self):
+        if self.param_dtype not in ("float32", "base"):
+            raise ConfigError(f"adapter.param_dtype must be 'float32' or 'base', got {self.param_dtype!r}")
         if self.router not in ROUTER_MODES:
             raise ConfigError(f"adapter.router must be one of {list(ROUTER_MODES)}, got {self.router!r}")
         if self.init not in INIT_MODES:
@@ -192,6 +197,7 @@ def inject(model: nn.Module, config: AdapterConfig | None = None) -> ExpertAdapt
             cos_scale=config.cos_scale,
             dropout=config.dropout,
             init=config.init,
+            param_dtype=torch.float32 if config.param_dtype == "float32" else None,
             context=context,
         )
         parent_name, _, child = name.rpartition(".")

@@ -48,6 +48,8 @@ class MoELoRALinear(nn.Module):
         cos_scale: κ of the cosine router.
         dropout: dropout on the experts' input (the router sees the un-dropped input).
         init: ``"kaiming"`` (A kaiming-uniform a=√5 like PEFT / DyMoE) or ``"normal"`` (A ~ N(0, 0.01) like CoIN).
+        param_dtype: dtype of the expert tensors; None = the base weight's. Keeping them in float32 under a bf16
+            base (with autocast) gives fp32 master weights, as PEFT does.
         context: the shared :class:`RoutingContext` (one per model); a private one if None.
     """
 
@@ -63,6 +65,7 @@ class MoELoRALinear(nn.Module):
         cos_scale: float = 1.0,
         dropout: float = 0.05,
         init: str = "kaiming",
+        param_dtype: torch.dtype | None = None,
         context: RoutingContext | None = None,
     ):
         super().__init__()
@@ -83,17 +86,24 @@ class MoELoRALinear(nn.Module):
         self.cos_scale, self.init = float(cos_scale), init
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.context = context if context is not None else RoutingContext()
+        self.param_dtype = param_dtype
         self._next_expert_id = 0
 
         w = base.weight
         for name in FROZEN_NAMES + TRAINABLE_NAMES:
-            self._set_param(name, self._empty(name, 0, w.dtype, w.device), trainable=name in TRAINABLE_NAMES)
+            self._set_param(name, self._empty(name, 0, self._pdtype(), w.device), trainable=name in TRAINABLE_NAMES)
         for name in META_NAMES:
             dtype = torch.bool if name == "expert_trainable" else torch.long
             self.register_buffer(name, torch.zeros(0, dtype=dtype, device=w.device))
         self._refresh()
 
     # ------------------------------------------------------------------ structure
+    def _pdtype(self) -> torch.dtype:
+        # once built, the bank's own dtype is the truth (model.to(dtype) converts it); at creation param_dtype
+        if "frozen_router" in self._parameters:
+            return self._parameters["frozen_router"].dtype
+        return self.param_dtype or self.base.weight.dtype
+
     def _empty(self, name: str, rows: int, dtype, device) -> torch.Tensor:
         if name.endswith("_A") or name == "lora_A":
             return torch.zeros(rows, self.in_features, dtype=dtype, device=device)
@@ -152,13 +162,14 @@ class MoELoRALinear(nn.Module):
         if trainable and self.has_trainable_group:
             raise ValueError("the layer already has a trainable group; fold or freeze it first")
         w = self.base.weight
+        dt = self._pdtype()
         a = torch.empty(num_experts * rank, self.in_features, dtype=torch.float32, device=w.device)
         if self.init == "kaiming":
             # PEFT's LoRA init; one fan-in per expert is the same as per row-block since fan_in = d_in
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         else:
             nn.init.normal_(a, std=0.01)
-        b = torch.zeros(self.out_features, num_experts * rank, dtype=w.dtype, device=w.device)
+        b = torch.zeros(self.out_features, num_experts * rank, dtype=dt, device=w.device)
         u = torch.empty(num_experts, self.in_features, dtype=torch.float32, device=w.device)
         nn.init.kaiming_uniform_(u, a=math.sqrt(5))
         ids = list(range(self._next_expert_id, self._next_expert_id + num_experts))
@@ -170,17 +181,17 @@ class MoELoRALinear(nn.Module):
             "expert_trainable": torch.full((num_experts,), trainable, dtype=torch.bool),
         }
         if trainable:
-            self._set_param("lora_A", a.to(w.dtype), trainable=True)
+            self._set_param("lora_A", a.to(dt), trainable=True)
             self._set_param("lora_B", b, trainable=True)
-            self._set_param("router", u.to(w.dtype), trainable=True)
+            self._set_param("router", u.to(dt), trainable=True)
             for name, value in meta.items():
                 setattr(self, name, torch.cat([getattr(self, name), value.to(w.device)]))
         else:
             # frozen experts go at the end of the frozen bank, before any trainable group
             nf = self.num_frozen
-            self._set_param("frozen_A", torch.cat([self.frozen_A, a.to(w.dtype)]), trainable=False)
+            self._set_param("frozen_A", torch.cat([self.frozen_A, a.to(dt)]), trainable=False)
             self._set_param("frozen_B", torch.cat([self.frozen_B, b], dim=1), trainable=False)
-            self._set_param("frozen_router", torch.cat([self.frozen_router, u.to(w.dtype)]), trainable=False)
+            self._set_param("frozen_router", torch.cat([self.frozen_router, u.to(dt)]), trainable=False)
             for name, value in meta.items():
                 cur = getattr(self, name)
                 setattr(self, name, torch.cat([cur[:nf], value.to(w.device), cur[nf:]]))
@@ -246,10 +257,11 @@ class MoELoRALinear(nn.Module):
             raise ValueError("frozen experts must come before trainable ones")
         fr, tr = int(ranks[:n_frozen].sum()), int(ranks[n_frozen:].sum())
         w = self.base.weight
+        dt = self._pdtype()
         for name, rows in (("frozen_A", fr), ("frozen_B", fr), ("frozen_router", n_frozen)):
-            self._set_param(name, self._empty(name, rows, w.dtype, w.device), trainable=False)
+            self._set_param(name, self._empty(name, rows, dt, w.device), trainable=False)
         for name, rows in (("lora_A", tr), ("lora_B", tr), ("router", len(trainable) - n_frozen)):
-            self._set_param(name, self._empty(name, rows, w.dtype, w.device), trainable=True)
+            self._set_param(name, self._empty(name, rows, dt, w.device), trainable=True)
         self.expert_group = torch.tensor(spec["expert_group"], dtype=torch.long, device=w.device)
         self.expert_id = torch.tensor(spec["expert_id"], dtype=torch.long, device=w.device)
         self.expert_rank = ranks.to(w.device)
@@ -303,6 +315,8 @@ class MoELoRALinear(nn.Module):
             self.context.emit(event)
         a, b, _ = self.bank()
         ranks = self._rank if self._rank is not None else self.expert_rank
+        # .to() is a no-op when dtypes agree; under autocast the GEMMs run in the autocast dtype anyway
+        a, b = a.to(x.dtype), b.to(x.dtype)
         delta = moe_lora_delta(self.dropout(x2d), a, b, weights.to(x.dtype), ranks, self.scaling)  # [N, d_out]
         return out + delta.reshape(*lead, self.out_features).to(out.dtype)
 

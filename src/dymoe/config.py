@@ -1,0 +1,326 @@
+"""Typed run configuration, loaded from YAML with ``--set key.sub=value`` overrides.
+
+Every section is a dataclass whose fields are checked on load: an unknown key or a value of the wrong type or
+outside its allowed set is a :class:`ConfigError` naming the dotted key and what is allowed. The method's own
+options (``method.*`` besides ``name``) are validated by the method's ``Options`` dataclass
+(:mod:`dymoe.methods`). The resolved config is written into the run directory as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from dymoe.errors import ConfigError
+from dymoe.injection.inject import AdapterConfig
+
+
+@dataclass
+class BackboneConfig:
+    """The frozen base model.
+
+    Attributes:
+        path: local folder of a Hugging Face model (a hub id works only with ``HF_HUB_OFFLINE=0``). A relative path is
+            relative to the config file's directory if it exists there, else to the working directory.
+        dtype: ``auto`` = bfloat16 on CUDA, float32 on CPU.
+        attn_implementation: passed to ``from_pretrained`` (``sdpa``, ``eager``, ``flash_attention_2``).
+        trust_remote_code: off unless asked for.
+    """
+
+    path: str = ""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class BenchmarkConfig:
+    """Which tasks, in which order.
+
+    Attributes:
+        file: benchmark YAML (``configs/benchmarks/coin.yaml``, a mini-CoIN ``benchmark.yaml``); ``minicoin`` builds
+            or reuses the embedded mini-CoIN (scale from ``minicoin_scale``).
+        data_root: overrides the YAML's data_root.
+        order: a named order (``origin``, ``reverse``, ``alphabet``) or an explicit list of task names.
+        instruction_type: ``origin``, ``diverse`` or ``10type``; None = the benchmark file's.
+        max_train_samples / max_eval_samples: per-task caps (seeded subsample), None = all.
+        skip_invalid: skip invalid training rows (reported) instead of stopping.
+    """
+
+    file: str = "minicoin"
+    data_root: str | None = None
+    order: str | list[str] | None = None
+    instruction_type: Literal["origin", "diverse", "10type"] | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    skip_invalid: bool = False
+    minicoin_scale: Literal["small", "default", "large"] = "default"
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation per task (defaults: DyMoE/CoIN, dymoe.md §8: AdamW, lr 2e-4, cosine, warmup 0.03, 1 epoch).
+
+    Attributes:
+        batch_size: per-device micro-batch; global batch = batch_size × grad_accum × processes.
+        schedule: ``cosine``, ``linear`` or ``constant`` (after warmup).
+        group_by_length: batches of similar length (fewer pad tokens), in a seeded order.
+        save_every_steps: 0 = checkpoint only at task ends; N = also every N optimizer steps inside a task
+            (restarting resumes from there).
+        max_grad_norm: gradient clipping (0 = off).
+    """
+
+    epochs: float = 1.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 2e-4
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 2048
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    seed: int = 0
+    save_every_steps: int = 0
+    num_workers: int = 0
+    log_every: int = 10
+
+
+@dataclass
+class EvaluationConfig:
+    """Evaluation after each task, on every task seen so far.
+
+    Attributes:
+        scorer_variant: ``reference`` (CoIN's scorers, quirks included: comparable with the papers) or ``strict``.
+        scorers: per-task overrides ``{task name: scorer name}``.
+    """
+
+    batch_size: int = 16
+    max_new_tokens: int = 32
+    max_length: int = 2048
+    scorer_variant: Literal["reference", "strict"] = "reference"
+    scorers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ReplayConfig:
+    """Experience replay, combinable with any method: ``samples_per_task`` samples of every past task (drawn
+    uniformly, seeded) are mixed into each later task's training data (dymoe.md §12.2)."""
+
+    samples_per_task: int = 0
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    """A whole continual run."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "incmoelora"})
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    label: str | None = None
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def method_name(self) -> str:
+        return str(self.method.get("name", ""))
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.method_name
+
+
+# ---------------------------------------------------------------------------- validation
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp`` (converting int → float where a float is expected)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {list(typing.get_args(tp))}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build_dataclass(cls: type, data: Any, key: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, checking every key and value (errors name ``key.field``)."""
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"{key}.{unknown[0]}" if key else str(unknown[0])
+        raise ConfigError(f"unknown key {where!r}; allowed keys{' under ' + repr(key) if key else ''}: {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{key}.{k}" if key else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{key}: {err}" if key and not str(err).startswith(key) else str(err)) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"training.lr=1e-4"`` → (["training", "lr"], 1e-4); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads "1e-4" as a string; accept numeric strings where they look like numbers
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides to a raw config mapping (before validation)."""
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply overrides, validate; resolves relative paths against the YAML's folder."""
+    data: dict = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        base_dir = path.resolve().parent
+    data = apply_overrides(data, overrides or [])
+    cfg = build_dataclass(RunConfig, data)
+    if "name" not in cfg.method or not isinstance(cfg.method["name"], str):
+        raise ConfigError("method.name is required (see `dymoe ls` for the known methods)")
+    cfg.backbone.path = _resolve(cfg.backbone.path, base_dir)
+    if cfg.benchmark.file != "minicoin":
+        cfg.benchmark.file = _resolve(cfg.benchmark.file, base_dir)
+    if cfg.benchmark.data_root:
+        cfg.benchmark.data_root = _resolve(cfg.benchmark.data_root, base_dir)
+    _check_ranges(cfg)
+    return cfg
+
+
+def _resolve(value: str, base_dir: Path) -> str:
+    if not value or Path(value).is_absolute() or value.startswith(("hf:", "hub:")):
+        return value
+    candidate = base_dir / value
+    return str(candidate) if candidate.exists() or not Path(value).exists() else value
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    t = cfg.training
+    checks = [
+        ("training.epochs", t.epochs > 0, "> 0"),
+        ("training.batch_size", t.batch_size >= 1, ">= 1"),
+        ("training.grad_accum", t.grad_accum >= 1, ">= 1"),
+        ("training.lr", t.lr > 0, "> 0"),
+        ("training.warmup_ratio", 0 <= t.warmup_ratio < 1, "in [0, 1)"),
+        ("training.max_length", t.max_length >= 8, ">= 8"),
+        ("training.save_every_steps", t.save_every_steps >= 0, ">= 0"),
+        ("evaluation.batch_size", cfg.evaluation.batch_size >= 1, ">= 1"),
+        ("evaluation.max_new_tokens", cfg.evaluation.max_new_tokens >= 1, ">= 1"),
+        ("replay.samples_per_task", cfg.replay.samples_per_task >= 0, ">= 0"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {allowed}")
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (the first line says how to run it)."""
+    header = "# dymoe run CONFIG.yaml --output RUN_DIR   (resolved config of this run)\n"
+    return header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)

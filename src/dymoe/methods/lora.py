@@ -1,0 +1,35 @@
+"""``lora``: one LoRA trained through all tasks (CoIN's sequential LoRA, coin-protocol.md §7.1).
+
+Expressed on the shared expert layer as a single group of one expert with router ``none`` (weight 1), never
+folded: the same adapter keeps training on every task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from dymoe.methods.base import Method, TaskInfo
+
+
+@dataclass
+class LoRAOptions:
+    """Attributes:
+    rank: LoRA rank; None = the budget of one task's experts (adapter.experts_per_group × adapter.expert_rank,
+        64 with the DyMoE defaults), so LoRA trains as many parameters per task as IncMoELoRA's new group.
+    """
+
+    rank: int | None = None
+
+
+class LoRA(Method):
+    name = "lora"
+    Options = LoRAOptions
+
+    def configure_adapter(self, config):
+        rank = self.options.rank or config.experts_per_group * config.expert_rank
+        return dataclasses.replace(config, experts_per_group=1, expert_rank=rank, bank_rank=rank, router="none", top_k=1)
+
+    def before_task(self, task: TaskInfo) -> None:
+        if not self.adapter.groups():
+            self.adapter.add_group(0)
