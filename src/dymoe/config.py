@@ -295,10 +295,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def _resolve(value: str, base_dir: Path) -> str:
-    if not value or Path(value).is_absolute() or value.startswith(("hf:", "hub:")):
+    """A relative path that exists beside the config file is taken from there; anything else is left as given
+    (relative to the working directory, a hub id, or a ``tiny:`` scheme)."""
+    if not value or Path(value).is_absolute() or ":" in value:
         return value
     candidate = base_dir / value
-    return str(candidate) if candidate.exists() or not Path(value).exists() else value
+    return str(candidate) if candidate.exists() else value
 
 
 def _check_ranges(cfg: RunConfig) -> None:

@@ -15,11 +15,15 @@ from dymoe.errors import DymoeError
 
 # module path of each subcommand, in the order `dymoe --help` lists them
 COMMANDS: list[str] = [
+    "dymoe.cli.run",
+    "dymoe.cli.eval",
     "dymoe.cli.ls",
     "dymoe.cli.score",
     "dymoe.cli.metrics",
     "dymoe.cli.verify_data",
     "dymoe.cli.make_minicoin",
+    "dymoe.cli.report",
+    "dymoe.cli.compare",
 ]
 
 

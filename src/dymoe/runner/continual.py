@@ -1,0 +1,354 @@
+"""The continual runner: one method over a task sequence, reading top to bottom like a recipe.
+
+    for each task k:  method.before_task → train → method.after_task → save checkpoint
+                      → evaluate every task seen so far → append row k of the accuracy matrix → report
+
+Everything is resumable: a finished task (its checkpoint exists) is not retrained, a finished evaluation (its
+predictions file exists) is re-scored from disk instead of regenerated, and step checkpoints
+(``training.save_every_steps``) resume inside a task. Seeds are set per task, so a run killed at any point and
+restarted ends with the same ``matrix.json`` as an uninterrupted one. Only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dymoe.config import RunConfig, dump_config
+from dymoe.data.coin import load_test, load_train
+from dymoe.data.collate import VLMCollator
+from dymoe.data.tasks import Benchmark, TaskSpec, load_benchmark
+from dymoe.errors import DymoeError
+from dymoe.eval.generate import generate_predictions
+from dymoe.eval.metrics import save_matrix, summarize
+from dymoe.eval.scorers import SCORERS, load_annotations
+from dymoe.injection.inject import inject
+from dymoe.injection.state import load_adapter_into, load_method_state, save_adapter
+from dymoe.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from dymoe.methods import build_method
+from dymoe.methods.base import TaskInfo
+from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin
+from dymoe.runner.rundir import RunDir
+from dymoe.runner.trainer import TaskTrainer
+
+log = logging.getLogger(__name__)
+
+
+def make_accelerator(cfg: RunConfig, run_dir: Path):
+    """An ``accelerate.Accelerator`` for this run (picks up ``accelerate launch`` / torchrun environments)."""
+    from accelerate import Accelerator
+
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    trackers = [t for t in cfg.trackers if t != "none"]
+    if "tensorboard" in trackers:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            log.warning("tensorboard is not installed: logging to TensorBoard is off")
+            trackers.remove("tensorboard")
+    return Accelerator(
+        gradient_accumulation_steps=cfg.training.grad_accum,
+        mixed_precision=mp,
+        log_with=trackers or None,
+        project_dir=str(run_dir / "logs"),
+    )
+
+
+def resolve_benchmark(cfg: RunConfig) -> Benchmark:
+    """The benchmark with its tasks in order, truncated to those named by ``benchmark.order`` if a list."""
+    b = cfg.benchmark
+    path = resolve_minicoin(b.minicoin_scale) if b.file == "minicoin" else Path(b.file)
+    return load_benchmark(path, data_root=b.data_root, order=b.order, instruction_type=b.instruction_type)
+
+
+def environment(cfg: RunConfig, accelerator) -> dict:
+    """Versions, device and git commit, for ``env.json``."""
+    import accelerate
+    import transformers
+
+    commit = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    dev = accelerator.device
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": str(accelerator.mixed_precision),
+        "torch_threads": torch.get_num_threads(),
+        "seed": cfg.training.seed,
+        "git_commit": commit,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _subsample(items: list, n: int | None, seed: int) -> list:
+    if n is None or n >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
+
+
+def _replay(past: dict[str, list], n: int, seed: int) -> list:
+    if n <= 0 or not past:
+        return []
+    from dymoe.data.replay import select_replay
+
+    return select_replay(past, n, seed)
+
+
+class ContinualRun:
+    """One method over one task sequence in one run directory (see the module docstring)."""
+
+    def __init__(self, cfg: RunConfig, output: str | Path, *, accelerator=None):
+        self.cfg = cfg
+        self.dir = RunDir(output)
+        self.acc = accelerator or make_accelerator(cfg, self.dir.root)
+        self.main = self.acc.is_main_process
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        resolved = dump_config(cfg)
+        self.dir.check_config(resolved)
+        with acc.main_process_first():
+            self.benchmark = resolve_benchmark(cfg)
+            backbone = resolve_backbone_path(cfg.backbone.path)
+        self.tasks: list[TaskSpec] = self.benchmark.tasks
+        self.names = [t.name for t in self.tasks]
+        from dymoe.models.llava import load_backbone
+
+        dtype = cfg.backbone.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if acc.device.type == "cuda" else "float32"
+        self.model, self.processor = load_backbone(
+            backbone, dtype=dtype, attn_implementation=cfg.backbone.attn_implementation,
+            trust_remote_code=cfg.backbone.trust_remote_code,
+        )
+        self.method = build_method(cfg.method)
+        self.adapter_cfg = self.method.configure_adapter(cfg.adapter)
+        self.adapter = inject(self.model, self.adapter_cfg)
+        self.model.to(acc.device)
+        if cfg.training.gradient_checkpointing:
+            # non-reentrant checkpointing: observer losses computed outside the region still get gradients
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.model, "enable_input_require_grads"):
+                self.model.enable_input_require_grads()
+        self.method.setup(self.model, self.adapter)
+        self.collator = VLMCollator(self.processor, max_length=cfg.training.max_length)
+        self.trainer = TaskTrainer(self.model, self.adapter, self.method, self.collator, cfg.training, acc)
+        # written only once everything above succeeded: a failed start leaves no run directory behind
+        if self.main:
+            self.dir.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.dir.config, resolved)
+            atomic_write_json(self.dir.env, {**environment(cfg, acc), "tasks": self.names,
+                                             "benchmark": str(self.benchmark.name)})
+        self._train_sets: dict[str, list] = {}
+        self._test_sets: dict[str, list] = {}
+        if acc.log_with:
+            acc.init_trackers("dymoe", config=_flat(cfg.to_dict()))
+
+    def train_set(self, task: TaskSpec) -> list:
+        if task.name not in self._train_sets:
+            b = self.cfg.benchmark
+            samples = load_train(task, instruction_type=self.benchmark.instruction_type,
+                                 seed=self.cfg.training.seed, skip_invalid=b.skip_invalid)
+            skipped = getattr(samples, "skipped", [])
+            if skipped and self.main:
+                rows = ", ".join(f"row {s.index} ({s.reason})" for s in skipped[:5])
+                print(f"[{task.name}] skipped {len(skipped)} invalid training rows: {rows}"
+                      f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+            self._train_sets[task.name] = _subsample(list(samples), b.max_train_samples, self.cfg.training.seed)
+        return self._train_sets[task.name]
+
+    def test_set(self, task: TaskSpec) -> list:
+        if task.name not in self._test_sets:
+            samples = load_test(task, instruction_type=self.benchmark.instruction_type, seed=0)
+            # the same subset for every method and seed, so runs stay comparable
+            self._test_sets[task.name] = _subsample(samples, self.cfg.benchmark.max_eval_samples, 0)
+        return self._test_sets[task.name]
+
+    # ------------------------------------------------------------------ the recipe
+    def run(self) -> dict:
+        """Train and evaluate the whole sequence (resuming what is already there); returns the metrics."""
+        self.setup()
+        done = self.dir.completed_tasks(self.names)
+        rows = self.dir.matrix_rows(self.names)
+        if len(rows) > done:
+            raise DymoeError(f"{self.dir.matrix} has {len(rows)} rows but only {done} task checkpoints exist")
+        if done:
+            self._load_checkpoint(done)
+        train_log: dict[str, dict] = self._read_metrics().get("train", {})
+        for k, task in enumerate(self.tasks):
+            info = TaskInfo(index=k, name=task.name, num_tasks=len(self.tasks))
+            if k >= done:
+                train_log[task.name] = self.train_task(k, task, info)
+            if k >= len(rows):
+                if k < done - 1:
+                    raise DymoeError(f"{self.dir.root}: row {k + 1} of the matrix is missing but later tasks are done")
+                rows.append(self.evaluate_seen(k))
+                self.write_results(rows, train_log)
+        self.acc.end_training()
+        return self._read_metrics()
+
+    def train_task(self, k: int, task: TaskSpec, info: TaskInfo) -> dict:
+        cfg = self.cfg
+        samples = list(self.train_set(task))
+        past = {t.name: self.train_set(t) for t in self.tasks[:k]} if cfg.replay.samples_per_task else {}
+        samples += _replay(past, cfg.replay.samples_per_task, cfg.replay.seed)
+        info.train_samples = samples
+        self.method.before_task(info)
+        n_trainable = self.adapter.num_parameters(trainable_only=True) + sum(
+            p.numel() for p in self.method.extra_parameters()
+        )
+        if self.main:
+            print(f"task {k + 1}/{len(self.tasks)} {task.name}: {len(samples)} samples, "
+                  f"{n_trainable:,} trainable parameters", file=sys.stderr)
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.training.seed * 1000 + k)
+        partial = self.dir.partial(k + 1, task.name) if cfg.training.save_every_steps else None
+        result = self.trainer.train(info, samples, seed=cfg.training.seed * 1000 + k, step_dir=partial)
+        self.method.after_task(info, self.trainer)
+        if self.main:
+            save_adapter(self.adapter, self.dir.checkpoint(k + 1, task.name),
+                         metadata={"task": task.name, "task_index": k + 1, "method": self.method.describe(),
+                                   "trainable_params": n_trainable},
+                         method_state=self.method.state_dict())
+            self.dir.clear_partial(k + 1, task.name)
+        self.acc.wait_for_everyone()
+        return {**result.__dict__, "trainable_params": n_trainable}
+
+    def _load_checkpoint(self, k: int) -> None:
+        ckpt = self.dir.checkpoint(k, self.names[k - 1])
+        load_adapter_into(self.adapter, ckpt)
+        self.method.load_state_dict(load_method_state(ckpt))
+        self.adapter.model.to(self.acc.device)
+
+    def scorer_name(self, task: TaskSpec) -> str:
+        name = self.cfg.evaluation.scorers.get(task.name, task.scorer)
+        return f"{name}-strict" if self.cfg.evaluation.scorer_variant == "strict" and not name.endswith("-strict") else name
+
+    def evaluate_seen(self, k: int) -> list[float]:
+        """Row k of the matrix: accuracy on tasks 1..k+1 with the current weights."""
+        ev, ctx = self.cfg.evaluation, self.adapter.context
+        ctx.policy, ctx.group_mask, ctx.recording = self.method.routing_policy("eval"), None, False
+        row = []
+        for task in self.tasks[: k + 1]:
+            samples = self.test_set(task)
+            pred_path = self.dir.predictions(task.name, k + 1)
+            if pred_path.is_file():
+                predictions = read_jsonl(pred_path)
+            else:
+                with torch.no_grad():
+                    predictions = generate_predictions(
+                        self.model, self.processor, samples, batch_size=ev.batch_size,
+                        max_new_tokens=ev.max_new_tokens, accelerator=self.acc, max_length=ev.max_length,
+                        desc=f"eval {task.name} after {k + 1}",
+                    )
+                if self.main:
+                    atomic_write_jsonl(pred_path, predictions)
+            scorer = self.scorer_name(task)
+            result = SCORERS.get(scorer)(predictions, [s.reference for s in samples],
+                                         load_annotations(scorer, task.annotations))
+            row.append(round(float(result.accuracy), 4))
+            self.acc.log({f"eval/{task.name}": result.accuracy}, step=k + 1)
+        ctx.policy = None
+        if self.main:
+            cells = "  ".join(f"{n}={a:.2f}" for n, a in zip(self.names, row))
+            print(f"after task {k + 1}/{len(self.tasks)} ({self.names[k]}): {cells}", file=sys.stderr)
+        self.acc.wait_for_everyone()
+        return row
+
+    def reevaluate(self, after: int | None = None) -> list[list[float]]:
+        """Regenerate and rescore rows from the saved checkpoints (all finished tasks, or only ``after``)."""
+        self.setup()
+        done = self.dir.completed_tasks(self.names)
+        if done == 0:
+            raise DymoeError(f"{self.dir.root}: no finished task checkpoint to evaluate")
+        ks = range(1, done + 1) if after is None else [after]
+        rows = self.dir.matrix_rows(self.names)
+        for k in ks:
+            if not 1 <= k <= done:
+                raise DymoeError(f"--after-task {k}: the run has checkpoints for tasks 1..{done}")
+            self._load_checkpoint(k)
+            if self.main:
+                for task in self.tasks[:k]:
+                    self.dir.predictions(task.name, k).unlink(missing_ok=True)
+            self.acc.wait_for_everyone()
+            row = self.evaluate_seen(k - 1)
+            rows = rows[: k - 1] + [row] + rows[k:] if len(rows) >= k else rows + [row]
+        self.write_results(rows, self._read_metrics().get("train", {}))
+        return rows
+
+    def write_results(self, rows: list[list[float]], train_log: dict) -> None:
+        if not self.main:
+            return
+        names = self.names[: len(rows)]
+        save_matrix(self.dir.matrix, names, rows)
+        metrics = {
+            "method": self.cfg.method_name,
+            "label": self.cfg.display_label,
+            "seed": self.cfg.training.seed,
+            "trainable_params": train_log.get(names[-1], {}).get("trainable_params", 0),
+            "total_adapter_params": self.adapter.num_parameters(),
+            **summarize(rows),
+            "final": dict(zip(names, rows[-1])),
+            "complete": len(rows) == len(self.names),
+            "train": train_log,
+        }
+        atomic_write_json(self.dir.metrics, metrics)
+        try:
+            from dymoe.runner.report import write_report
+
+            write_report(self.dir.root)
+        except ImportError:  # pragma: no cover - report module missing in a partial install
+            pass
+
+    def _read_metrics(self) -> dict:
+        try:
+            return json.loads(self.dir.metrics.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "/"))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def run(cfg: RunConfig, output: str | Path) -> dict:
+    """Run (or resume) a continual experiment; returns the metrics dict (also in ``output/metrics.json``)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return ContinualRun(cfg, output).run()
+    except torch.cuda.OutOfMemoryError:
+        raise DymoeError(
+            "CUDA out of memory. Lower training.batch_size (and raise training.grad_accum to keep the global batch), "
+            "set training.gradient_checkpointing=true, or lower evaluation.batch_size."
+        ) from None

@@ -1,0 +1,51 @@
+"""Resolve what a config names into files on disk: built-in backbones and the embedded mini-CoIN.
+
+- ``backbone.path: tiny:<preset>`` builds (once, cached) the offline tiny LLaVA of that preset
+  (:func:`dymoe.models.tiny.make_tiny_llava`, random weights: for tests and smoke runs);
+- ``benchmark.file: minicoin`` generates (once, cached, checksummed) mini-CoIN at ``benchmark.minicoin_scale``.
+
+The cache lives in ``$DYMOE_CACHE`` or ``~/.cache/dymoe``; entries are keyed by their parameters and verified
+before reuse (a corrupted mini-CoIN is rebuilt).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dymoe.errors import ConfigError
+
+
+def cache_dir() -> Path:
+    """The cache root (``$DYMOE_CACHE`` or ``~/.cache/dymoe``), created if needed."""
+    root = Path(os.environ.get("DYMOE_CACHE") or Path.home() / ".cache" / "dymoe")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def resolve_backbone_path(path: str) -> str:
+    """A loadable backbone path for a config value (builds ``tiny:<preset>`` into the cache)."""
+    if not path:
+        raise ConfigError("backbone.path is empty: give a local model folder (or tiny:test for a random tiny LLaVA)")
+    if path.startswith("tiny:"):
+        from dymoe.models.tiny import PRESETS, make_tiny_llava
+
+        preset = path.split(":", 1)[1] or "test"
+        if preset not in PRESETS:
+            raise ConfigError(f"backbone.path {path!r}: unknown tiny preset; known: {sorted(PRESETS)}")
+        out = cache_dir() / "backbones" / f"tiny-{preset}-seed0"
+        if not (out / "config.json").is_file():
+            make_tiny_llava(out, preset=preset, seed=0, overwrite=True)
+        return str(out)
+    return path
+
+
+def resolve_minicoin(scale: str, seed: int = 0) -> Path:
+    """``benchmark.yaml`` of mini-CoIN at ``scale`` in the cache, generated or regenerated as needed."""
+    from dymoe.data.minicoin import generate, verify
+
+    out = cache_dir() / "minicoin" / f"{scale}-seed{seed}"
+    yaml_path = out / "benchmark.yaml"
+    if yaml_path.is_file() and not verify(out):
+        return yaml_path
+    return Path(generate(out, scale=scale, seed=seed, force=True))
