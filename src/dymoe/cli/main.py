@@ -24,6 +24,8 @@ COMMANDS: list[str] = [
     "dymoe.cli.make_minicoin",
     "dymoe.cli.report",
     "dymoe.cli.compare",
+    "dymoe.cli.report",
+    "dymoe.cli.compare",
 ]
 
 

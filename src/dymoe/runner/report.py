@@ -1,0 +1,416 @@
+"""Human-readable outputs of run directories: one run's ``report.md`` + plots, and a side-by-side comparison.
+
+A run directory (written by the continual runner) holds ``matrix.json`` (``{"tasks", "accuracy"}``, percent, row
+``j`` = after task ``j``), ``metrics.json`` (method, label, seed, parameter counts, metrics), ``config.yaml`` (the
+resolved config) and ``env.json``. Only ``matrix.json`` is required here; the metrics are always recomputed from
+the matrix with :func:`dymoe.eval.metrics.summarize` (the matrix is the source of truth, and a run in progress
+may have a newer matrix than its ``metrics.json``), the other files add names, settings and parameter counts.
+
+* :func:`write_report` writes ``RUN/plots/{accuracy_matrix,task_curves,radar}.png`` and ``RUN/report.md``.
+* :func:`compare_runs` renders the paper's main table (one row per method, per-task final accuracy, MFN, MAA,
+  BWT) as Markdown and CSV, aggregating seeds as ``mean ± std`` (sample std, ddof = 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dymoe.analysis.plots import plot_accuracy_matrix, plot_radar, plot_task_curves
+from dymoe.errors import ConfigError, DataError, DymoeError
+from dymoe.eval.metrics import load_matrix, summarize
+
+__all__ = [
+    "COMPARE_METRICS",
+    "RunSummary",
+    "compare_runs",
+    "load_run",
+    "mean_final_accuracy",
+    "render_report",
+    "write_report",
+    "write_text_atomic",
+]
+
+# metrics columns of the comparison table, after the per-task columns (the DyMoE / MCITlib main-table layout)
+COMPARE_METRICS: tuple[str, ...] = ("MFN", "MAA", "BWT")
+_REFERENCE_KEYS = {"MFT", "MFN", "MAA", "BWT", "forgetting"}
+
+# config.yaml keys shown in a report (dotted; missing ones are left out); every ``method.*`` option is shown too
+KEY_SETTINGS: tuple[str, ...] = (
+    "backbone.path", "backbone.dtype",
+    "benchmark.file", "benchmark.order", "benchmark.instruction_type",
+    "benchmark.max_train_samples", "benchmark.max_eval_samples",
+    "adapter.experts_per_group", "adapter.expert_rank", "adapter.alpha", "adapter.top_k", "adapter.router",
+    "adapter.temperature", "adapter.targets",
+    "training.epochs", "training.batch_size", "training.grad_accum", "training.lr", "training.schedule",
+    "training.warmup_ratio", "training.max_length", "training.seed",
+    "evaluation.scorer_variant", "evaluation.max_new_tokens",
+    "replay.samples_per_task", "mixed_precision",
+)  # fmt: skip
+
+
+@dataclass
+class RunSummary:
+    """What a report or a comparison needs from one run directory.
+
+    Attributes:
+        tasks: the trained tasks, in training order (one per matrix row).
+        planned: every task of the run's sequence (longer than ``tasks`` for a run in progress).
+        matrix: the lower-triangular accuracy matrix (percent).
+        metrics: :func:`dymoe.eval.metrics.summarize` of ``matrix``.
+        info: ``metrics.json`` as written by the runner (``{}`` if absent).
+        config: ``config.yaml`` as a plain mapping (``{}`` if absent).
+        env: ``env.json`` (``{}`` if absent).
+    """
+
+    run_dir: Path
+    tasks: list[str]
+    planned: list[str]
+    matrix: list[list[float]]
+    metrics: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        """``metrics.json`` method, else ``config.yaml`` ``method.name``, else ``"unknown"``."""
+        method = self.info.get("method") or (self.config.get("method") or {}).get("name")
+        return str(method) if method else "unknown"
+
+    @property
+    def label(self) -> str:
+        """``metrics.json`` label, else ``config.yaml`` label, else the method name."""
+        return str(self.info.get("label") or self.config.get("label") or self.method)
+
+    @property
+    def partial(self) -> bool:
+        """True while fewer tasks are trained than the sequence has."""
+        return len(self.tasks) < len(self.planned)
+
+    @property
+    def final(self) -> dict[str, float]:
+        """``{task: accuracy}`` of the last matrix row."""
+        return dict(zip(self.tasks, self.matrix[-1]))
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise DataError(f"{path}: malformed YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _sequence_from_config(config: Mapping[str, Any]) -> list[str] | None:
+    """The run's full task order from its config, when it can be known without the data (else ``None``)."""
+    bench = config.get("benchmark") or {}
+    order = bench.get("order")
+    if isinstance(order, list):
+        return [str(t) for t in order]
+    file = bench.get("file")
+    try:
+        if file == "minicoin":
+            from dymoe.data.minicoin import TASK_NAMES
+            from dymoe.data.tasks import default_orders
+
+            return default_orders(list(TASK_NAMES)).get(order or "origin")
+        if isinstance(file, str) and Path(file).is_file():
+            from dymoe.data.tasks import load_benchmark
+
+            # only the names are needed: any data_root will do (nothing is read from it)
+            bench_obj = load_benchmark(file, data_root=bench.get("data_root") or ".", order=order)
+            return [t.name for t in bench_obj.tasks]
+    except DymoeError:
+        return None
+    return None
+
+
+def load_run(run_dir: str | os.PathLike) -> RunSummary:
+    """Read a run directory (``matrix.json`` required; ``metrics.json``, ``config.yaml``, ``env.json`` optional).
+
+    Raises:
+        DataError: the directory or its ``matrix.json`` is missing, or a file is malformed (naming the file).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"run directory {run_dir} does not exist")
+    all_tasks, matrix = load_matrix(run_dir / "matrix.json")
+    tasks = all_tasks[: len(matrix)]
+    config = _read_yaml(run_dir / "config.yaml")
+    planned = list(all_tasks)
+    if len(planned) == len(tasks):
+        sequence = _sequence_from_config(config)
+        if sequence and len(sequence) > len(tasks) and sequence[: len(tasks)] == tasks:
+            planned = sequence
+    return RunSummary(
+        run_dir=run_dir,
+        tasks=tasks,
+        planned=planned,
+        matrix=matrix,
+        metrics=summarize(matrix),
+        info=_read_json(run_dir / "metrics.json"),
+        config=config,
+        env=_read_json(run_dir / "env.json"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- report.md
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _cell(value: Any) -> str:
+    """A Markdown-safe table cell."""
+    text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _dotted(config: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _settings_rows(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    method = dict(config.get("method") or {})
+    rows = [("method.name", method.pop("name"))] if "name" in method else []
+    rows += [("method." + k, v) for k, v in method.items()]
+    for key in KEY_SETTINGS:
+        found, value = _dotted(config, key)
+        if found:
+            rows.append((key, value))
+    return rows
+
+
+def _matrix_table(tasks: Sequence[str], matrix: Sequence[Sequence[float]]) -> list[str]:
+    lines = ["| after \\ on | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for j, row in enumerate(matrix):
+        cells = [_fmt(v) for v in row] + [""] * (len(tasks) - len(row))
+        lines.append(f"| {tasks[j]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` atomically (temp file in the same folder, then ``os.replace``); creates the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+PLOT_FILES: dict[str, str] = {
+    "accuracy matrix": "plots/accuracy_matrix.png",
+    "per-task accuracy across the sequence": "plots/task_curves.png",
+    "per-task final accuracy (radar)": "plots/radar.png",
+}
+
+
+def render_report(run: RunSummary) -> str:
+    """The Markdown text of ``report.md`` for a loaded run (see :func:`write_report`)."""
+    m, info = run.metrics, run.info
+    title = run.label if run.label == run.method else f"{run.label} ({run.method})"
+    lines = [f"# {title}", ""]
+    if run.partial:
+        left = ", ".join(run.planned[len(run.tasks):])
+        lines += [f"> **Partial run**: {len(run.tasks)} of {len(run.planned)} tasks trained; not yet: {left}.", ""]
+    facts = []
+    for key in ("seed", "trainable_params", "total_adapter_params"):
+        if key in info:
+            value = info[key]
+            facts.append(f"- {key.replace('_', ' ')}: {value:,}" if isinstance(value, int) else f"- {key}: {value}")
+    for key in ("device", "git_commit", "torch", "transformers"):
+        if key in run.env:
+            facts.append(f"- {key.replace('_', ' ')}: {run.env[key]}")
+    lines += [f"- tasks trained: {len(run.tasks)} ({', '.join(run.tasks)})", *facts, ""]
+
+    lines += ["## Settings", ""]
+    settings = _settings_rows(run.config)
+    if settings:
+        lines += ["| setting | value |", "|---|---|", *(f"| {k} | {_cell(v)} |" for k, v in settings)]
+    else:
+        lines.append("No config.yaml in the run directory.")
+    lines += ["", "## Accuracy matrix (%)", "", "Row *j*: after training task *j*; column *i*: evaluated task.", ""]
+    lines += _matrix_table(run.tasks, run.matrix)
+    lines += ["", "## Metrics", "", "| MFT | MFN | MAA | BWT | forgetting |", "|---:|---:|---:|---:|---:|"]
+    lines.append("| " + " | ".join(_fmt(m[k]) for k in ("MFT", "MFN", "MAA", "BWT", "forgetting")) + " |")
+    if m["BWT"] is None:
+        lines += ["", "BWT and forgetting need at least two tasks."]
+    lines += ["", f"## Final accuracy per task (%, after {run.tasks[-1]})", "", "| task | accuracy |", "|---|---:|"]
+    lines += [f"| {t} | {_fmt(a)} |" for t, a in run.final.items()]
+    lines += ["", "## Plots", ""]
+    lines += [f"- [{name}]({rel})" for name, rel in PLOT_FILES.items()]
+    lines += ["", f"![accuracy matrix]({PLOT_FILES['accuracy matrix']})", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Rebuild ``RUN/plots/*.png`` and ``RUN/report.md`` from the run's files; returns the report's path.
+
+    The report has the title (label + method), a partial-run notice when fewer tasks are trained than planned,
+    the seed and adapter parameter counts, the key settings of ``config.yaml``, the accuracy matrix, MFT / MFN /
+    MAA / BWT / forgetting, the final per-task accuracy and links to the plots. Every file is written atomically.
+
+    Raises:
+        DataError: no run directory, no or malformed ``matrix.json``, a malformed optional file.
+    """
+    run = load_run(run_dir)
+    root = run.run_dir
+    (root / "plots").mkdir(exist_ok=True)
+    title = run.label
+    plot_accuracy_matrix(run.planned, run.matrix, root / PLOT_FILES["accuracy matrix"], title=f"{title}: accuracy (%)")
+    plot_task_curves(run.tasks, run.matrix, root / PLOT_FILES["per-task accuracy across the sequence"], title=title)
+    plot_radar({run.label: run.final}, root / PLOT_FILES["per-task final accuracy (radar)"], title=title)
+    path = root / "report.md"
+    write_text_atomic(path, render_report(run))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- comparison
+
+
+def _group(runs: Sequence[RunSummary], group_by: str) -> dict[str, list[RunSummary]]:
+    if group_by not in ("label", "method"):
+        raise ConfigError(f"group_by must be 'label' or 'method', got {group_by!r}")
+    groups: dict[str, list[RunSummary]] = {}
+    for run in runs:
+        groups.setdefault(run.label if group_by == "label" else run.method, []).append(run)
+    return groups
+
+
+def _load_comparable(run_dirs: Sequence[str | os.PathLike]) -> list[RunSummary]:
+    if not run_dirs:
+        raise DataError("no run directories to compare")
+    runs = [load_run(d) for d in run_dirs]
+    first = runs[0]
+    for run in runs[1:]:
+        if set(run.tasks) != set(first.tasks):
+            raise DymoeError(
+                f"runs have different task lists: {first.run_dir} trained {first.tasks} but {run.run_dir} trained "
+                f"{run.tasks}; compare runs of the same tasks (a partial run has fewer)"
+            )
+    return runs
+
+
+def _stats(values: list[float | None]) -> tuple[float | None, float | None]:
+    """``(mean, sample std)``; std is ``None`` for a single value; ``(None, None)`` if any value is missing."""
+    if not values or any(v is None for v in values):
+        return None, None
+    mean = statistics.fmean(values)  # type: ignore[arg-type]
+    std = statistics.stdev(values) if len(values) > 1 else None  # type: ignore[arg-type]
+    return mean, std
+
+
+def _mean_pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def mean_final_accuracy(
+    run_dirs: Sequence[str | os.PathLike], *, group_by: str = "label"
+) -> dict[str, dict[str, float]]:
+    """``{label: {task: mean final accuracy over the group's runs}}`` in the first run's task order (for radars)."""
+    runs = _load_comparable(run_dirs)
+    tasks = runs[0].tasks
+    return {
+        label: {t: statistics.fmean(r.final[t] for r in group) for t in tasks}
+        for label, group in _group(runs, group_by).items()
+    }
+
+
+def compare_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    *,
+    group_by: str = "label",
+    reference: Mapping[str, Mapping[str, float]] | None = None,
+) -> tuple[str, str]:
+    """Side-by-side table of runs, like the papers' main table; returns ``(markdown, csv)``.
+
+    One row per group (``group_by="label"``: the ``label`` of metrics.json, falling back to the method name;
+    ``"method"``: the method name), in order of first appearance. Columns: ``n`` (runs in the group), the final
+    accuracy of each task in the training order of the first run, then MFN, MAA, BWT. A group of several runs
+    (seeds) shows ``mean ± std`` with the sample standard deviation (ddof = 1); a single run shows its value.
+    ``reference`` rows (``{label: {task or metric: value}}``, e.g. the paper's numbers) follow as
+    ``"<label> (paper)"``; a cell they do not give is empty.
+
+    The CSV has ``method, n, source`` then, for every column ``c``, ``c`` (the mean) and ``c_std`` (empty for a
+    single run or a reference row); ``source`` is ``measured`` or ``paper``.
+
+    Raises:
+        DymoeError: runs trained different task sets, or a reference row names an unknown column.
+        DataError: a missing or malformed run directory.
+        ConfigError: an unknown ``group_by``.
+    """
+    runs = _load_comparable(run_dirs)
+    tasks = runs[0].tasks
+    columns = [*tasks, *COMPARE_METRICS]
+    rows: list[tuple[str, int, str, dict[str, tuple[float | None, float | None]]]] = []
+    for label, group in _group(runs, group_by).items():
+        cells = {t: _stats([r.final[t] for r in group]) for t in tasks}
+        cells.update({k: _stats([r.metrics[k] for r in group]) for k in COMPARE_METRICS})
+        rows.append((label, len(group), "measured", cells))
+    for label, values in (reference or {}).items():
+        unknown = sorted(set(values) - set(tasks) - _REFERENCE_KEYS)
+        if unknown:
+            raise DymoeError(
+                f"reference row {label!r}: unknown columns {unknown}; expected tasks {tasks} or {sorted(_REFERENCE_KEYS)}"
+            )
+        cells = {c: (float(values[c]), None) if c in values else (None, None) for c in columns}
+        rows.append((f"{label} (paper)", 0, "paper", cells))
+
+    md = ["| Method | n | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    for label, n, source, cells in rows:
+        shown = [_mean_pm(*cells[c]) if source == "measured" or cells[c][0] is not None else "" for c in columns]
+        md.append(f"| {_cell(label)} | {n if source == 'measured' else ''} | " + " | ".join(shown) + " |")
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["method", "n", "source", *(name for c in columns for name in (c, f"{c}_std"))])
+    for label, n, source, cells in rows:
+        values = [("" if v is None else f"{v:.4f}") for c in columns for v in cells[c]]
+        writer.writerow([label, n if source == "measured" else "", source, *values])
+    return "\n".join(md) + "\n", buf.getvalue()
