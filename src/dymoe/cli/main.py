@@ -24,8 +24,6 @@ COMMANDS: list[str] = [
     "dymoe.cli.make_minicoin",
     "dymoe.cli.report",
     "dymoe.cli.compare",
-    "dymoe.cli.report",
-    "dymoe.cli.compare",
 ]
 
 
