@@ -1,13 +1,25 @@
 """Continual-learning methods as plugins (one file each), registered by name."""
 
 from dymoe.methods.base import Method, StepInfo, TaskInfo
+from dymoe.methods.ewc import EWC
+from dymoe.methods.inclora import IncLoRA
+from dymoe.methods.dymoe import DyMoE
 from dymoe.methods.incmoelora import IncMoELoRA
 from dymoe.methods.lora import LoRA
+from dymoe.methods.lwf import LwF
+from dymoe.methods.moelora import MoELoRA
+from dymoe.methods.olora import OLoRA
 from dymoe.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
 METHODS.add(LoRA.name, LoRA)
 METHODS.add(IncMoELoRA.name, IncMoELoRA)
+METHODS.add(MoELoRA.name, MoELoRA)
+METHODS.add(EWC.name, EWC)
+METHODS.add(LwF.name, LwF)
+METHODS.add(IncLoRA.name, IncLoRA)
+METHODS.add(OLoRA.name, OLoRA)
+METHODS.add(DyMoE.name, DyMoE)
 
 
 def build_method(method_cfg: dict) -> Method:

@@ -1,0 +1,378 @@
+"""``dymoe``: LLaVA-DyMoE (Zhao et al., CVPR 2026; dymoe.md) = IncMoELoRA + TAG + RSR + load balancing.
+
+Per task (group id = task index) a new group of experts and router rows is trained while older groups stay frozen
+and reachable (:class:`~dymoe.methods.incmoelora.IncMoELoRA`). On tasks ≥ 2, during training only:
+
+- **TAG** (§4): a routing policy that, in every wrapped module, keeps old-dominant and ambiguous tokens off the new
+  group and (two-sided, upstream) new-dominant tokens off the old group;
+- **RSR** (§5): exclusivity and specialization losses on the unmasked scores, weighted by the ramp ρ(p) (§7).
+
+On every task: the load-balancing loss ``aux`` over the new group (§6). Per-module losses are averaged over the
+wrapped modules. Inference routes top-K over all experts with no constraint (unless the task router of §12.1 is on).
+With ``tag=False``, both RSR weights 0 and ``aux_type="none"`` this is exactly IncMoELoRA.
+
+The math lives in :mod:`dymoe.methods.dymoe_math`; this file only wires it to the expert layers. The layer reports
+each forward's routing through an observer; losses are computed after the forward (gradient checkpointing safe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from dymoe.errors import CheckpointError, ConfigError, DymoeError
+from dymoe.layers.context import RoutingEvent
+from dymoe.layers.moe_lora import MoELoRALinear
+from dymoe.methods.base import StepInfo, TaskInfo
+from dymoe.methods.dymoe_math import (
+    ANALYSIS_MODES,
+    AUX_TYPES,
+    analysis_mask,
+    least_activated,
+    load_balance_loss,
+    rsr_losses,
+    rsr_ramp,
+    tag_decision,
+)
+from dymoe.methods.dymoe_router import ROUTER_MODES, embedding_features, nearest_prototype, task_group_mask
+from dymoe.methods.dymoe_stats import ExpertActivationStats, TokenTypeStats
+from dymoe.methods.incmoelora import IncMoELoRA
+
+PROTOTYPES_KEY = "task_prototypes"
+
+
+@dataclass
+class DyMoEOptions:
+    """Options of ``dymoe`` (defaults: the paper / upstream, dymoe.md §8 and §14).
+
+    Attributes:
+        tau: TAG threshold τ on D_rel: 0.2.
+        tag: Token Assignment Guidance on tasks ≥ 2 (training only).
+        tag_two_sided: also mask the old group for new-dominant tokens (upstream, A2); false = paper-level one-sided.
+        tag_scope: tokens TAG (or the analysis mask) applies to: ``all`` (upstream) or ``answer`` (label ≠ −100), A4.
+        rsr_exc: weight of the exclusivity loss L_exc: 1e-3.
+        rsr_spe: weight of the specialization loss L_spe: 1e-3.
+        rsr_temperature: softmax temperature T_rsr of RSR's top-K weights: 0.1.
+        rsr_start: fraction of each task before RSR starts ramping linearly to 1 (A7): 0.5; 0 = always on.
+        aux_type: load balancing over the new group: ``switch`` (E·Σ f·P; constant when K ≥ E_new), ``cv2``, ``none``.
+        aux_weight: weight λ of the load-balancing loss: 1e-3.
+        reg_token_scope: tokens the RSR/aux means run over: ``all`` non-pad tokens (upstream) or ``answer`` tokens.
+        token_mask_mode: training mask of tasks ≥ 2: ``tag`` (TAG, if ``tag``), or a drift-analysis condition
+            (§11) that replaces it: ``none`` (free routing), ``only_new``, ``mask_old``, ``only_ambiguous``.
+        prune_fraction: after each task, before folding, remove this fraction of the new group's least-activated
+            experts per module (§12.3: 0, 1/8, 1/4).
+        prune_stat_batches: activation frequency for pruning = over the last this-many training forwards (or, if
+            none were recorded, a no-grad pass over this many training batches of the task).
+        task_router: §12.1: per-sample nearest task prototype (mean input embedding) restricts routing at eval.
+        task_router_mode: ``cumulative`` (groups of tasks ≤ predicted) or ``only`` (the predicted task's group).
+        task_router_batches: training batches averaged into each task's prototype.
+    """
+
+    tau: float = 0.2
+    tag: bool = True
+    tag_two_sided: bool = True
+    tag_scope: Literal["all", "answer"] = "all"
+    rsr_exc: float = 1e-3
+    rsr_spe: float = 1e-3
+    rsr_temperature: float = 0.1
+    rsr_start: float = 0.5
+    aux_type: Literal["switch", "cv2", "none"] = "switch"
+    aux_weight: float = 1e-3
+    reg_token_scope: Literal["all", "answer"] = "all"
+    token_mask_mode: Literal["none", "only_new", "mask_old", "only_ambiguous", "tag"] = "tag"
+    prune_fraction: float = 0.0
+    prune_stat_batches: int = 64
+    task_router: bool = False
+    task_router_mode: Literal["cumulative", "only"] = "cumulative"
+    task_router_batches: int = 64
+
+    def __post_init__(self):
+        choices = {
+            "tag_scope": ("all", "answer"),
+            "reg_token_scope": ("all", "answer"),
+            "aux_type": AUX_TYPES,
+            "token_mask_mode": ANALYSIS_MODES,
+            "task_router_mode": ROUTER_MODES,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        ranges = [
+            ("tau", self.tau >= 0, ">= 0"),
+            ("rsr_exc", self.rsr_exc >= 0, ">= 0"),
+            ("rsr_spe", self.rsr_spe >= 0, ">= 0"),
+            ("aux_weight", self.aux_weight >= 0, ">= 0"),
+            ("rsr_temperature", self.rsr_temperature > 0, "> 0"),
+            ("rsr_start", 0 <= self.rsr_start < 1, "in [0, 1)"),
+            ("prune_fraction", 0 <= self.prune_fraction < 1, "in [0, 1)"),
+            ("prune_stat_batches", self.prune_stat_batches >= 1, ">= 1"),
+            ("task_router_batches", self.task_router_batches >= 1, ">= 1"),
+        ]
+        for key, ok, allowed in ranges:
+            if not ok:
+                raise ConfigError(f"method.{key} must be {allowed}, got {getattr(self, key)!r}")
+
+    @property
+    def train_mask_mode(self) -> str:
+        """The effective training mask: ``token_mask_mode`` with ``tag`` turned into ``none`` when TAG is off."""
+        return "none" if self.token_mask_mode == "tag" and not self.tag else self.token_mask_mode
+
+
+class DyMoE(IncMoELoRA):
+    """LLaVA-DyMoE (see the module docstring).
+
+    Attributes read by analysis tools:
+        token_stats: :class:`TokenTypeStats`: new/old/ambiguous token counts per module (per step and since
+            the task started), recorded on tasks ≥ 2 while the routing context is recording.
+        activation_stats: :class:`ExpertActivationStats`: per-expert top-K hits and summed weights per module
+            since the task started (pruning, the expert-activation view).
+        prototypes: ``[T, d]`` task prototypes of the task router (None until one is computed).
+    """
+
+    name = "dymoe"
+    Options = DyMoEOptions
+
+    def __init__(self, options: DyMoEOptions | None = None):
+        super().__init__(options)
+        self.token_stats = TokenTypeStats()
+        self.activation_stats = ExpertActivationStats(window=self.options.prune_stat_batches)
+        self.prototypes: torch.Tensor | None = None
+        self.task_index = 0
+        self._events: list[RoutingEvent] = []
+        self._names: dict[int, str] = {}
+        self._answer_mask: torch.Tensor | None = None  # [B*T] of the current training batch
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, model: torch.nn.Module, adapter) -> None:
+        super().setup(model, adapter)
+        self._names = {id(m): n for n, m in adapter.modules.items()}
+        if self._observe not in adapter.context.observers:
+            adapter.context.observers.append(self._observe)
+
+    def before_task(self, task: TaskInfo) -> None:
+        super().before_task(task)  # the new group (id = task index)
+        self.task_index = task.index
+        self.token_stats.reset()
+        self.activation_stats.reset()
+        self._events.clear()
+
+    def after_task(self, task: TaskInfo, trainer: Any = None) -> None:
+        if self.options.prune_fraction > 0:
+            self.prune_new_group(trainer)
+        if self.options.task_router:
+            self.update_prototype(task, trainer)
+        self._events.clear()
+        super().after_task(task, trainer)  # fold
+
+    # ------------------------------------------------------------------ routing
+    @property
+    def _regularised(self) -> bool:
+        # TAG and RSR need an old group: tasks >= 2 (index >= 1)
+        return self.task_index >= 1
+
+    def routing_policy(self, phase: str):
+        if phase != "train" or not self._regularised or self.options.train_mask_mode == "none":
+            return None  # nothing at inference (dymoe.md §3.6)
+        return self._train_policy
+
+    def _train_policy(self, scores: torch.Tensor, layer: MoELoRALinear) -> torch.Tensor:
+        """TAG (or the analysis mask) on ``scores [N, E]`` of a layer with both an old and a new group."""
+        if layer.num_frozen == 0 or not layer.has_trainable_group:
+            return scores
+        opts = self.options
+        adjusted = analysis_mask(scores, layer.trainable_mask, opts.tau, opts.train_mask_mode, opts.tag_two_sided)
+        if opts.tag_scope == "answer":
+            scope = self._scope_mask(scores.shape[0], "tag_scope")
+            adjusted = torch.where(scope[:, None].to(scores.device), adjusted, scores)
+        return adjusted
+
+    def _scope_mask(self, n_tokens: int, key: str) -> torch.Tensor:
+        am = self._answer_mask
+        if am is None:
+            raise DymoeError(f"method.{key}=answer needs `labels` in the training batch")
+        if am.numel() != n_tokens:
+            raise DymoeError(
+                f"method.{key}=answer: labels cover {am.numel()} positions but the layer routed {n_tokens} tokens"
+            )
+        return am
+
+    def group_mask(self, batch: dict[str, torch.Tensor], phase: str) -> torch.Tensor | None:
+        """Training: None (it records the batch's answer mask for the ``answer`` scopes). Eval: the task router."""
+        if phase == "train":
+            labels = batch.get("labels")
+            self._answer_mask = None if labels is None else (labels != -100).reshape(-1)
+            return None
+        if not self.options.task_router or self.prototypes is None or self.model is None:
+            return None
+        predicted = self.predict_task(batch)  # [B]
+        groups = self.adapter.groups() if self.adapter is not None else []
+        num_groups = max([self.prototypes.shape[0], *(g + 1 for g in groups)])
+        return task_group_mask(predicted, num_groups, self.options.task_router_mode)
+
+    # ------------------------------------------------------------------ observer and losses
+    def on_forward_start(self) -> None:
+        self._events.clear()
+        self.token_stats.start_step()
+
+    def _losses_on(self) -> tuple[bool, bool]:
+        opts = self.options
+        aux = opts.aux_type != "none" and opts.aux_weight > 0
+        rsr = self._regularised and (opts.rsr_exc > 0 or opts.rsr_spe > 0)
+        return aux, rsr
+
+    def _observe(self, event: RoutingEvent) -> None:
+        """Observer: statistics now (no grad), loss inputs stashed for :meth:`loss_terms`."""
+        name = self._names.get(id(event.layer))
+        if name is None:
+            return
+        layer = event.layer
+        with torch.no_grad():
+            self.activation_stats.update(name, layer.expert_id, event.weights, event.token_mask)
+            if layer.num_frozen and layer.has_trainable_group:
+                use_new, ambiguous, _ = tag_decision(event.scores.detach(), layer.trainable_mask, self.options.tau)
+                self.token_stats.update(name, use_new, ambiguous, event.token_mask)
+        if torch.is_grad_enabled() and any(self._losses_on()) and layer.has_trainable_group:
+            self._events.append(event)
+
+    def _reg_mask(self, event: RoutingEvent) -> torch.Tensor | None:
+        mask = event.token_mask
+        if self.options.reg_token_scope == "answer":
+            scope = self._scope_mask(event.scores.shape[0], "reg_token_scope").to(event.scores.device)
+            mask = scope if mask is None else mask & scope
+        return mask
+
+    def loss_terms(self, batch: dict[str, torch.Tensor], outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
+        """``aux`` (every task), ``rsr_exc`` and ``rsr_spe`` (tasks ≥ 2, ramped), weighted and averaged over modules.
+
+        A term whose weight is 0 (or ``aux_type="none"``) is left out; RSR on task 1 or before the ramp is 0.
+        """
+        events, self._events = self._events, []
+        aux_on, rsr_on = self._losses_on()
+        opts = self.options
+        n_mod = max(len(self.adapter.modules), 1) if self.adapter is not None else 1
+        device = outputs.loss.device if getattr(outputs, "loss", None) is not None else None
+        zero = torch.zeros((), device=device)
+        terms: dict[str, torch.Tensor] = {}
+        if aux_on:
+            total = zero
+            for ev in events:
+                layer = ev.layer
+                total = total + load_balance_loss(
+                    ev.scores, layer.trainable_mask, self._reg_mask(ev), layer.top_k, layer.temperature, opts.aux_type
+                )
+            terms["aux"] = opts.aux_weight * total / n_mod
+        rsr_weights = {"rsr_exc": opts.rsr_exc, "rsr_spe": opts.rsr_spe}
+        rsr_weights = {k: w for k, w in rsr_weights.items() if w > 0}
+        if rsr_weights:
+            ramp = rsr_ramp(step.progress, opts.rsr_start) if rsr_on else 0.0
+            exc, spe = zero, zero
+            if ramp > 0:
+                for ev in events:
+                    layer = ev.layer
+                    if layer.num_frozen == 0:
+                        continue
+                    l_exc, l_spe = rsr_losses(
+                        ev.scores, layer.trainable_mask, self._reg_mask(ev), layer.top_k, opts.rsr_temperature
+                    )
+                    exc, spe = exc + l_exc, spe + l_spe
+            values = {"rsr_exc": exc, "rsr_spe": spe}
+            for key, weight in rsr_weights.items():
+                terms[key] = weight * ramp * values[key] / n_mod
+        return terms
+
+    # ------------------------------------------------------------------ pruning (§12.3)
+    @torch.no_grad()
+    def measure_activations(self, trainer: Any, num_batches: int) -> None:
+        """Fill :attr:`activation_stats` with a no-grad pass over ``num_batches`` training batches (training routing)."""
+        if trainer is None or not hasattr(trainer, "iter_batches"):
+            raise DymoeError("dymoe needs the trainer (iter_batches) to measure expert activations after a task")
+        ctx = self.adapter.context
+        saved = (ctx.policy, ctx.group_mask, ctx.recording)
+        was_training = self.model.training
+        self.model.eval()  # no dropout: the routing the experts would see at their best
+        self.activation_stats.reset()
+        try:
+            for batch in trainer.iter_batches(num_batches):
+                ctx.policy = self.routing_policy("train")
+                ctx.group_mask = self.group_mask(batch, "train")
+                ctx.recording = True
+                self.model(**{k: v for k, v in batch.items() if k != "labels"})
+        finally:
+            ctx.policy, ctx.group_mask, ctx.recording = saved
+            self.model.train(was_training)
+
+    def _has_current_stats(self, name: str, layer: MoELoRALinear) -> bool:
+        ids = self.activation_stats.expert_ids.get(name)
+        return ids is not None and ids.shape == layer.expert_id.shape and bool(torch.equal(ids, layer.expert_id))
+
+    def prune_new_group(self, trainer: Any = None) -> dict[str, list[int]]:
+        """Remove ``prune_fraction`` of each module's least-activated new experts; returns the pruned expert ids."""
+        mods = {n: m for n, m in self.adapter.modules.items() if m.has_trainable_group}
+        if not all(self._has_current_stats(n, m) for n, m in mods.items()):
+            self.measure_activations(trainer, self.options.prune_stat_batches)
+        pruned: dict[str, list[int]] = {}
+        for name, layer in mods.items():
+            freq = self.activation_stats.recent_frequency(name)  # [E]
+            new_pos = layer.trainable_mask.nonzero().squeeze(-1)  # [E_new]
+            drop = least_activated(freq[new_pos], self.options.prune_fraction)
+            if drop.numel():
+                pruned[name] = layer.expert_id[new_pos[drop.to(new_pos.device)]].tolist()
+        self.adapter.prune(pruned)
+        self.activation_stats.reset()
+        return pruned
+
+    # ------------------------------------------------------------------ task router (§12.1)
+    def _image_token_id(self) -> int | None:
+        from dymoe.models.llava import image_token_id
+
+        try:
+            return image_token_id(self.model)
+        except DymoeError:
+            return None
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Task-router feature ``[B, d]`` of a batch (mean input embedding over non-pad, non-image tokens)."""
+        return embedding_features(self.model, batch, self._image_token_id())
+
+    def predict_task(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B]`` index of the nearest task prototype (needs :attr:`prototypes`)."""
+        feats = self.features(batch)
+        return nearest_prototype(feats, self.prototypes.to(feats.device))
+
+    @torch.no_grad()
+    def update_prototype(self, task: TaskInfo, trainer: Any) -> torch.Tensor:
+        """Compute task ``task.index``'s prototype from ``task_router_batches`` training batches; returns it ``[d]``."""
+        if trainer is None or not hasattr(trainer, "iter_batches"):
+            raise DymoeError("method.task_router needs the trainer (iter_batches) to compute task prototypes")
+        feats = [self.features(b) for b in trainer.iter_batches(self.options.task_router_batches)]
+        if not feats:
+            raise DymoeError(f"task {task.name!r} has no training batches to compute its task-router prototype")
+        proto = torch.cat(feats).mean(0).cpu()  # [d]
+        rows = self.prototypes if self.prototypes is not None else proto.new_zeros(0, proto.shape[0])
+        if rows.shape[0] <= task.index:
+            rows = torch.cat([rows, rows.new_zeros(task.index + 1 - rows.shape[0], proto.shape[0])])
+        rows = rows.clone()
+        rows[task.index] = proto
+        self.prototypes = rows
+        return proto
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.prototypes is None else {PROTOTYPES_KEY: self.prototypes.detach().cpu().contiguous()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        unknown = sorted(set(state) - {PROTOTYPES_KEY})
+        if unknown:
+            raise CheckpointError(f"method 'dymoe' state has unknown keys {unknown[:3]}; expected only {PROTOTYPES_KEY!r}")
+        proto = state.get(PROTOTYPES_KEY)
+        if proto is not None and proto.dim() != 2:
+            raise CheckpointError(f"{PROTOTYPES_KEY} must be [tasks, dim], got shape {tuple(proto.shape)}")
+        self.prototypes = None if proto is None else proto.float().clone()
+
+    def describe(self) -> dict:
+        info = super().describe()
+        if self.prototypes is not None:
+            info["task_prototypes"] = int(self.prototypes.shape[0])
+        return info
