@@ -1,9 +1,9 @@
 """Continual-learning methods as plugins (one file each), registered by name."""
 
 from dymoe.methods.base import Method, StepInfo, TaskInfo
+from dymoe.methods.dymoe import DyMoE
 from dymoe.methods.ewc import EWC
 from dymoe.methods.inclora import IncLoRA
-from dymoe.methods.dymoe import DyMoE
 from dymoe.methods.incmoelora import IncMoELoRA
 from dymoe.methods.lora import LoRA
 from dymoe.methods.lwf import LwF
