@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -223,3 +227,46 @@ def test_evaluate_task_scores_the_generated_text(backbone, samples, tmp_path):
     with pytest.raises(DymoeError, match="known"):
         evaluate_task(EchoLengthModel(processor.tokenizer), processor, task, qs, scorer_name="nope")
 
+
+
+# --------------------------------------------------------------------------- real 2-process gloo run (opt-in)
+
+_WORKER = '''
+import json, sys
+from pathlib import Path
+import torch
+from accelerate import Accelerator
+from dymoe.data.coin import TestSample
+from dymoe.eval.generate import generate_predictions
+from dymoe.models.llava import load_backbone
+
+torch.set_num_threads(1)
+model_dir, work = Path(sys.argv[1]), Path(sys.argv[2])
+acc = Accelerator(cpu=True)
+model, processor = load_backbone(model_dir)
+rows = json.loads((work / "samples.json").read_text())
+samples = [TestSample(r["question_id"], Path(r["image"]) if r["image"] else None, r["prompt"], {}) for r in rows]
+preds = generate_predictions(model, processor, samples, batch_size=2, max_new_tokens=6, accelerator=acc)
+(work / f"rank{acc.process_index}.json").write_text(json.dumps({"n": acc.num_processes, "preds": preds}))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DYMOE_SLOW_TESTS"), reason="~20 s: set DYMOE_SLOW_TESTS=1 to run")
+def test_two_process_gloo_run_matches_one_process(backbone, samples, tiny_llava_dir, tmp_path):
+    model, processor = backbone
+    rows = [{"question_id": s.question_id, "image": str(s.image) if s.image else None, "prompt": s.prompt}
+            for s in samples]
+    (tmp_path / "samples.json").write_text(json.dumps(rows))
+    (tmp_path / "worker.py").write_text(_WORKER)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "worker.py"), str(tiny_llava_dir), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = generate_predictions(model, processor, samples, batch_size=5, max_new_tokens=6)
+    expected = json.loads(json.dumps(expected))  # question ids / texts as JSON gives them back
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["n"] == 2
+        assert got["preds"] == expected
