@@ -99,6 +99,19 @@ def test_partial_run_from_matrix_tasks_and_minicoin_order(tmp_path):
     run = make_run(tmp_path / "b", tasks=list(TASK_NAMES[:2]), matrix=MATRIX[:2], config=cfg, metrics=False)
     summary = load_run(run)
     assert summary.partial and summary.planned == list(TASK_NAMES) and summary.label == "lora"
+    # a benchmark YAML on disk gives the order (the data itself is not needed)
+    coin = Path(__file__).resolve().parents[2] / "configs" / "benchmarks" / "coin.yaml"
+    cfg = {"method": {"name": "lora"}, "benchmark": {"file": str(coin), "order": "reverse", "data_root": None}}
+    run = make_run(tmp_path / "d", tasks=["OCRVQA", "VQAv2"], matrix=MATRIX[:2], config=cfg, metrics=False)
+    assert "2 of 8 tasks trained; not yet: Grounding, VizWiz, GQA, ImageNet, TextVQA, ScienceQA." in (
+        write_report(run).read_text())
+    # an order that cannot be resolved without the data, but the runner's metrics.json says the run is incomplete
+    cfg = {"method": {"name": "lora"}, "benchmark": {"file": str(tmp_path / "gone.yaml"), "order": "origin"}}
+    run = make_run(tmp_path / "c", tasks=TASKS[:2], matrix=MATRIX[:2], config=cfg)
+    info = json.loads((run / "metrics.json").read_text())
+    assert "Partial run" not in write_report(run).read_text()
+    (run / "metrics.json").write_text(json.dumps({**info, "complete": False}))
+    assert "> **Partial run**: 2 task(s) trained so far; the run is not complete." in write_report(run).read_text()
 
 
 def test_report_errors(tmp_path):

@@ -95,8 +95,8 @@ class RunSummary:
 
     @property
     def partial(self) -> bool:
-        """True while fewer tasks are trained than the sequence has."""
-        return len(self.tasks) < len(self.planned)
+        """True while fewer tasks are trained than the sequence has (or metrics.json says ``"complete": false``)."""
+        return len(self.tasks) < len(self.planned) or self.info.get("complete") is False
 
     @property
     def final(self) -> dict[str, float]:
@@ -254,9 +254,11 @@ def render_report(run: RunSummary) -> str:
     m, info = run.metrics, run.info
     title = run.label if run.label == run.method else f"{run.label} ({run.method})"
     lines = [f"# {title}", ""]
-    if run.partial:
+    if run.partial and len(run.planned) > len(run.tasks):
         left = ", ".join(run.planned[len(run.tasks):])
         lines += [f"> **Partial run**: {len(run.tasks)} of {len(run.planned)} tasks trained; not yet: {left}.", ""]
+    elif run.partial:
+        lines += [f"> **Partial run**: {len(run.tasks)} task(s) trained so far; the run is not complete.", ""]
     facts = []
     for key in ("seed", "trainable_params", "total_adapter_params"):
         if key in info:
