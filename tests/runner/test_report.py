@@ -14,7 +14,7 @@ from PIL import Image
 
 from dymoe.cli.main import main
 from dymoe.errors import ConfigError, DataError, DymoeError
-from dymoe.runner.report import compare_runs, load_run, mean_final_accuracy, write_report
+from dymoe.runner.report import compare_runs, load_run, mean_final_accuracy, render_report, write_report
 
 TASKS = ["ScienceQA", "TextVQA", "ImageNet"]
 MATRIX = [[80.0], [70.5, 60.25], [65.0, 50.0, 90.0]]
@@ -76,8 +76,9 @@ def test_report_has_the_exact_matrix_metrics_and_settings(tmp_path):
 
 def test_partial_run_says_so(tmp_path):
     # two rows trained; the config's explicit order has three tasks
-    run = make_run(tmp_path / "run", tasks=TASKS[:2], matrix=MATRIX[:2])
+    run = make_run(tmp_path / "run", tasks=TASKS[:2], matrix=MATRIX[:2], seed=12345)
     text = write_report(run).read_text()
+    assert "- seed: 12345\n" in text  # a seed is not a count: no thousands separator
     assert "> **Partial run**: 2 of 3 tasks trained; not yet: ImageNet." in text
     # metrics of the 2-row matrix: MFT 70.125, MFN 65.375, MAA (80 + 65.375)/2 = 72.6875, BWT -9.5, forgetting 9.5
     assert "| 70.12 | 65.38 | 72.69 | -9.50 | 9.50 |" in text
@@ -104,14 +105,14 @@ def test_partial_run_from_matrix_tasks_and_minicoin_order(tmp_path):
     cfg = {"method": {"name": "lora"}, "benchmark": {"file": str(coin), "order": "reverse", "data_root": None}}
     run = make_run(tmp_path / "d", tasks=["OCRVQA", "VQAv2"], matrix=MATRIX[:2], config=cfg, metrics=False)
     assert "2 of 8 tasks trained; not yet: Grounding, VizWiz, GQA, ImageNet, TextVQA, ScienceQA." in (
-        write_report(run).read_text())
+        render_report(load_run(run)))
     # an order that cannot be resolved without the data, but the runner's metrics.json says the run is incomplete
     cfg = {"method": {"name": "lora"}, "benchmark": {"file": str(tmp_path / "gone.yaml"), "order": "origin"}}
     run = make_run(tmp_path / "c", tasks=TASKS[:2], matrix=MATRIX[:2], config=cfg)
     info = json.loads((run / "metrics.json").read_text())
-    assert "Partial run" not in write_report(run).read_text()
+    assert "Partial run" not in render_report(load_run(run))
     (run / "metrics.json").write_text(json.dumps({**info, "complete": False}))
-    assert "> **Partial run**: 2 task(s) trained so far; the run is not complete." in write_report(run).read_text()
+    assert "> **Partial run**: 2 task(s) trained so far; the run is not complete." in render_report(load_run(run))
 
 
 def test_report_errors(tmp_path):

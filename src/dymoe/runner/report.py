@@ -260,10 +260,13 @@ def render_report(run: RunSummary) -> str:
     elif run.partial:
         lines += [f"> **Partial run**: {len(run.tasks)} task(s) trained so far; the run is not complete.", ""]
     facts = []
-    for key in ("seed", "trainable_params", "total_adapter_params"):
+    if "seed" in info:
+        facts.append(f"- seed: {info['seed']}")
+    for key in ("trainable_params", "total_adapter_params"):
         if key in info:
             value = info[key]
-            facts.append(f"- {key.replace('_', ' ')}: {value:,}" if isinstance(value, int) else f"- {key}: {value}")
+            shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+            facts.append(f"- {key.replace('_', ' ')}: {shown}")
     for key in ("device", "git_commit", "torch", "transformers"):
         if key in run.env:
             facts.append(f"- {key.replace('_', ' ')}: {run.env[key]}")
