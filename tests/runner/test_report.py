@@ -25,7 +25,7 @@ CONFIG = {
     "backbone": {"path": "/models/llava-1.5-7b", "dtype": "bfloat16"},
     "adapter": {"experts_per_group": 16, "expert_rank": 4, "alpha": 128.0, "top_k": 16, "router": "cosine"},
     "method": {"name": "dymoe", "tau": 0.5, "lambda_exc": 0.1},
-    "benchmark": {"file": "minicoin", "order": TASKS},
+    "benchmark": {"file": "minicoin", "order": TASKS, "instruction_type": None},
     "training": {"epochs": 1.0, "batch_size": 16, "lr": 0.0002, "seed": 3},
     "label": "LLaVA-DyMoE",
 }
@@ -64,7 +64,7 @@ def test_report_has_the_exact_matrix_metrics_and_settings(tmp_path):
     assert "- seed: 0" in text and "- git commit: abc1234" in text
     for row in ("| method.name | dymoe |", "| method.tau | 0.5 |", "| adapter.experts_per_group | 16 |",
                 "| training.lr | 0.0002 |", "| backbone.dtype | bfloat16 |",
-                "| benchmark.order | ScienceQA, TextVQA, ImageNet |"):
+                "| benchmark.order | ScienceQA, TextVQA, ImageNet |", "| benchmark.instruction_type | null |"):
         assert row in text, row
     assert "| ImageNet | 90.00 |" in text  # final per-task accuracy
     for name in ("accuracy_matrix", "task_curves", "radar"):

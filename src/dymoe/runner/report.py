@@ -194,7 +194,9 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def _cell(value: Any) -> str:
-    """A Markdown-safe table cell."""
+    """A Markdown-safe table cell (``None`` is shown as YAML's ``null``)."""
+    if value is None:
+        return "null"
     text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
 
