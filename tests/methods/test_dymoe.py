@@ -219,6 +219,14 @@ def test_two_task_smoke_routing_stats_and_frozen_bank():
     # the step counts cover the non-pad tokens of the last batch
     n_real = int(BATCHES_2[-1]["attention_mask"].sum())
     assert all(int(c.sum()) == n_real for c in method.token_stats.step.values())
+    # after the fold, an analysis pass types tokens against the last folded group
+    method.token_stats.reset()
+    adapter.context.recording = True
+    eval_logits(model, adapter, method, BATCHES_2[0])
+    adapter.context.recording = False
+    n_real = int(BATCHES_2[0]["attention_mask"].sum())
+    assert set(method.token_stats.total) == set(adapter.modules)
+    assert all(int(c.sum()) == n_real for c in method.token_stats.total.values())
 
 
 def test_loss_terms_are_module_means_weighted_and_ramped():
@@ -446,3 +454,36 @@ def test_shipped_coin_configs_load_and_build(name, cls, tiny_llava_dir):
     if cls is DyMoE:
         o = method.options
         assert (o.tau, o.tag, o.rsr_exc, o.rsr_spe, o.aux_weight, o.aux_type) == (0.2, True, 1e-3, 1e-3, 1e-3, "switch")
+
+
+def _task2_grads(gc: bool):
+    method = DyMoE(DyMoE.Options(rsr_start=0.0, aux_type="cv2", rsr_exc=0.5, rsr_spe=0.5, aux_weight=0.5))
+    model, adapter = setup(method, dropout=0.0)
+    train_task(model, adapter, method, 0, BATCHES_1[:1])
+    method.before_task(TaskInfo(1, "task1", 2, total_steps=1))
+    with torch.no_grad():
+        for m in adapter.modules.values():
+            m.lora_B.normal_(std=0.1)
+    if gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    batch, ctx = BATCHES_2[0], adapter.context
+    ctx.policy, ctx.group_mask = method.routing_policy("train"), method.group_mask(batch, "train")
+    ctx.recording = True
+    method.on_forward_start()
+    out = model(**batch)
+    terms = method.loss_terms(batch, out, StepInfo(1, 1))
+    ctx.recording = False
+    (out.loss + sum(terms.values())).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, terms
+
+
+def test_loss_terms_survive_gradient_checkpointing():
+    plain, t_plain = _task2_grads(False)
+    ckpt, t_ckpt = _task2_grads(True)
+    assert set(t_plain) == {"aux", "rsr_exc", "rsr_spe"} and all(v.item() > 0 for v in t_plain.values())
+    for k in t_plain:
+        torch.testing.assert_close(t_ckpt[k], t_plain[k])
+    assert plain.keys() == ckpt.keys() and plain
+    for k in plain:
+        torch.testing.assert_close(ckpt[k], plain[k], atol=1e-6, rtol=1e-5)

@@ -120,12 +120,24 @@ class DyMoEOptions:
         return "none" if self.token_mask_mode == "tag" and not self.tag else self.token_mask_mode
 
 
+def newest_group_mask(layer: MoELoRALinear) -> torch.Tensor | None:
+    """``[E]`` bool of the "new" experts for token typing: the trainable group while a task trains, else (after
+    the fold, e.g. when analysing a checkpoint) the last group in the bank; None with fewer than two groups."""
+    if layer.has_trainable_group:
+        return layer.trainable_mask if layer.num_frozen else None
+    groups = layer.groups
+    if len(groups) < 2:
+        return None
+    return layer.expert_group == groups[-1]
+
+
 class DyMoE(IncMoELoRA):
     """LLaVA-DyMoE (see the module docstring).
 
     Attributes read by analysis tools:
         token_stats: :class:`TokenTypeStats`: new/old/ambiguous token counts per module (per step and since
-            the task started), recorded on tasks ≥ 2 while the routing context is recording.
+            the task started), recorded while the routing context is recording and a layer has two groups or
+            more (the newest group, trainable or last folded, against the older ones; see ``newest_group_mask``).
         activation_stats: :class:`ExpertActivationStats`: per-expert top-K hits and summed weights per module
             since the task started (pruning, the expert-activation view).
         prototypes: ``[T, d]`` task prototypes of the task router (None until one is computed).
@@ -230,8 +242,9 @@ class DyMoE(IncMoELoRA):
         layer = event.layer
         with torch.no_grad():
             self.activation_stats.update(name, layer.expert_id, event.weights, event.token_mask)
-            if layer.num_frozen and layer.has_trainable_group:
-                use_new, ambiguous, _ = tag_decision(event.scores.detach(), layer.trainable_mask, self.options.tau)
+            new_mask = newest_group_mask(layer)
+            if new_mask is not None:
+                use_new, ambiguous, _ = tag_decision(event.scores.detach(), new_mask, self.options.tau)
                 self.token_stats.update(name, use_new, ambiguous, event.token_mask)
         if torch.is_grad_enabled() and any(self._losses_on()) and layer.has_trainable_group:
             self._events.append(event)
