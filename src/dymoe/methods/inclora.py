@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from dymoe.errors import ConfigError
 from dymoe.methods.base import Method, TaskInfo
+
+if TYPE_CHECKING:
+    from dymoe.injection.inject import AdapterConfig
 
 
 @dataclass
@@ -29,7 +33,7 @@ class IncLoRAOptions:
             raise ConfigError(f"rank must be >= 1 or null, got {self.rank}")
 
 
-def resolve_rank(rank: int | None, config) -> int:
+def resolve_rank(rank: int | None, config: AdapterConfig) -> int:
     """The per-task LoRA rank: ``rank`` or, if None, ``experts_per_group × expert_rank`` of the adapter config."""
     return int(rank or config.experts_per_group * config.expert_rank)
 
@@ -40,7 +44,7 @@ class IncLoRA(Method):
     name = "inclora"
     Options = IncLoRAOptions
 
-    def configure_adapter(self, config):
+    def configure_adapter(self, config: AdapterConfig) -> AdapterConfig:
         self.rank = resolve_rank(self.options.rank, config)
         # router "none": every LoRA present gets weight 1 (top_k does not apply); scaling alpha / r per LoRA
         return dataclasses.replace(config, experts_per_group=1, expert_rank=self.rank, bank_rank=self.rank, router="none")
@@ -48,7 +52,7 @@ class IncLoRA(Method):
     def before_task(self, task: TaskInfo) -> None:
         self.adapter.add_group(task.index)
 
-    def after_task(self, task: TaskInfo, trainer=None) -> None:
+    def after_task(self, task: TaskInfo, trainer: Any = None) -> None:
         self.adapter.fold()  # the task's LoRA joins the frozen bank, bit-identical from now on
 
     def describe(self) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.func import functional_call
@@ -24,6 +25,10 @@ from dymoe.layers.moe_lora import TRAINABLE_NAMES
 from dymoe.methods.base import StepInfo, TaskInfo
 from dymoe.methods.lora import LoRA, LoRAOptions
 from dymoe.methods.penalties import distillation_kl
+
+if TYPE_CHECKING:
+    from dymoe.injection.inject import ExpertAdapter
+    from dymoe.layers.context import RoutingContext
 
 
 @dataclass
@@ -44,7 +49,7 @@ class LwFOptions(LoRAOptions):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
 
-def trainable_tensors(adapter) -> dict[str, torch.nn.Parameter]:
+def trainable_tensors(adapter: ExpertAdapter) -> dict[str, torch.nn.Parameter]:
     """The adapter's non-empty trainable tensors by their parameter name in the model (``<module>.lora_A`` ...)."""
     return {
         f"{mname}.{n}": p
@@ -55,7 +60,7 @@ def trainable_tensors(adapter) -> dict[str, torch.nn.Parameter]:
 
 
 @contextlib.contextmanager
-def side_forward(model: torch.nn.Module, context) -> Iterator[None]:
+def side_forward(model: torch.nn.Module, context: RoutingContext) -> Iterator[None]:
     """A forward that is not training: every module in eval mode (no dropout, no gradient checkpointing) and
     routing recording off; each module's mode and the recording flag are restored afterwards."""
     modes = [(m, m.training) for m in model.modules()]
@@ -76,7 +81,7 @@ class LwF(LoRA):
     name = "lwf"
     Options = LwFOptions
 
-    def __init__(self, options=None):
+    def __init__(self, options: LwFOptions | None = None):
         super().__init__(options)
         self.teacher: dict[str, torch.Tensor] | None = None
 
@@ -98,7 +103,7 @@ class LwF(LoRA):
             out = functional_call(self.model, self.teacher, args=(), kwargs=inputs, strict=False)
         return out.logits
 
-    def loss_terms(self, batch, outputs, step: StepInfo) -> dict[str, torch.Tensor]:
+    def loss_terms(self, batch: dict[str, torch.Tensor], outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
         if self.teacher is None or self.options.lam == 0:
             return {"lwf": outputs.logits.new_zeros((), dtype=torch.float32)}
         z_old = self.teacher_logits(batch)

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dymoe.errors import ConfigError
 from dymoe.methods.base import Method, TaskInfo
+
+if TYPE_CHECKING:
+    from dymoe.injection.inject import AdapterConfig
 
 
 @dataclass
@@ -40,7 +44,7 @@ class MoELoRA(Method):
     name = "moelora"
     Options = MoELoRAOptions
 
-    def configure_adapter(self, config):
+    def configure_adapter(self, config: AdapterConfig) -> AdapterConfig:
         n = int(self.options.num_experts)
         total = int(self.options.total_rank or config.experts_per_group * config.expert_rank)
         if total % n:

@@ -13,6 +13,7 @@ unaffected by gradient checkpointing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -46,7 +47,7 @@ class OLoRA(IncLoRA):
     name = "olora"
     Options = OLoRAOptions
 
-    def loss_terms(self, batch, outputs, step: StepInfo) -> dict[str, torch.Tensor]:
+    def loss_terms(self, batch: dict[str, torch.Tensor], outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
         orth, l2 = [], []
         for m in self.adapter.modules.values():
             if not m.has_trainable_group:
