@@ -58,6 +58,8 @@ def make_accelerator(cfg: RunConfig, run_dir: Path):
             log.warning("tensorboard is not installed: logging to TensorBoard is off")
             trackers.remove("tensorboard")
     return Accelerator(
+        # cpu=True on CPU-only machines: that is what makes accelerate see torchrun's gloo ranks (MULTI_CPU)
+        cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=cfg.training.grad_accum,
         mixed_precision=mp,
         log_with=trackers or None,
@@ -216,6 +218,10 @@ class ContinualRun:
         past = {t.name: self.train_set(t) for t in self.tasks[:k]} if cfg.replay.samples_per_task else {}
         samples += _replay(past, cfg.replay.samples_per_task, cfg.replay.seed)
         info.train_samples = samples
+        from accelerate.utils import set_seed
+
+        # seeded per task *before* the method grows anything, so a resumed run initialises new experts identically
+        set_seed(cfg.training.seed * 1000 + k)
         self.method.before_task(info)
         n_trainable = self.adapter.num_parameters(trainable_only=True) + sum(
             p.numel() for p in self.method.extra_parameters()
@@ -223,9 +229,6 @@ class ContinualRun:
         if self.main:
             print(f"task {k + 1}/{len(self.tasks)} {task.name}: {len(samples)} samples, "
                   f"{n_trainable:,} trainable parameters", file=sys.stderr)
-        from accelerate.utils import set_seed
-
-        set_seed(cfg.training.seed * 1000 + k)
         partial = self.dir.partial(k + 1, task.name) if cfg.training.save_every_steps else None
         result = self.trainer.train(info, samples, seed=cfg.training.seed * 1000 + k, step_dir=partial)
         self.method.after_task(info, self.trainer)
