@@ -402,6 +402,11 @@ def test_task_router_picks_the_task_and_restricts_groups(tmp_path):
         w = ev.weights.reshape(2, -1, ev.weights.shape[-1])
         grp1 = ev.layer.expert_group == 1
         assert w[0][:, grp1].sum() == 0 and w[1][:, grp1].sum() > 0
+    # evaluating without the group mask is an error, not a silent fallback to plain routing
+    adapter.context.policy = method.routing_policy("eval")
+    with pytest.raises(DymoeError, match="group mask"), torch.no_grad():
+        model(**{k: v for k, v in mixed.items() if k != "labels"})
+    adapter.context.policy = None
     # prototypes survive a safetensors round trip
     save_file(method.state_dict(), tmp_path / "method.safetensors")
     fresh = DyMoE(DyMoE.Options(task_router=True))

@@ -185,9 +185,21 @@ class DyMoE(IncMoELoRA):
         return self.task_index >= 1
 
     def routing_policy(self, phase: str):
-        if phase != "train" or not self._regularised or self.options.train_mask_mode == "none":
-            return None  # nothing at inference (dymoe.md §3.6)
+        if phase != "train":
+            # nothing at inference (dymoe.md §3.6); the task router acts through group_mask(batch, "eval")
+            return self._check_task_router if self.options.task_router and self.prototypes is not None else None
+        if not self._regularised or self.options.train_mask_mode == "none":
+            return None
         return self._train_policy
+
+    def _check_task_router(self, scores: torch.Tensor, layer: MoELoRALinear) -> torch.Tensor:
+        """Eval policy with the task router on: scores unchanged, but refuse to route without the group mask."""
+        if layer.context.group_mask is None:
+            raise DymoeError(
+                "method.task_router is on but no group mask was set for this evaluation forward: the caller must set "
+                "context.group_mask = method.group_mask(batch, 'eval') for each batch"
+            )
+        return scores
 
     def _train_policy(self, scores: torch.Tensor, layer: MoELoRALinear) -> torch.Tensor:
         """TAG (or the analysis mask) on ``scores [N, E]`` of a layer with both an old and a new group."""
