@@ -17,6 +17,7 @@ from dymoe.errors import DymoeError
 COMMANDS: list[str] = [
     "dymoe.cli.run",
     "dymoe.cli.eval",
+    "dymoe.cli.reproduce",
     "dymoe.cli.ls",
     "dymoe.cli.score",
     "dymoe.cli.metrics",
@@ -24,6 +25,8 @@ COMMANDS: list[str] = [
     "dymoe.cli.make_minicoin",
     "dymoe.cli.report",
     "dymoe.cli.compare",
+    "dymoe.cli.prepare_demo",
+    "dymoe.cli.demo",
 ]
 
 
