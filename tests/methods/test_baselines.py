@@ -329,3 +329,20 @@ def test_olora_orthogonality_term():
 
     run_task(model, adapter, method, 1, T2, on_step=check)
     assert adapter.groups() == [0, 1]
+
+
+def test_side_forward_restores_modes_and_context():
+    from dymoe.methods.lwf import side_forward
+
+    model, adapter, _ = build("lwf")
+    model.train()
+    model.model.vision_tower.eval()  # a mixed state must come back as it was
+    ctx = adapter.context
+    policy, mask = (lambda s, layer: s), torch.ones(1, 1, dtype=torch.bool)
+    ctx.recording, ctx.policy, ctx.group_mask = True, policy, mask
+    with side_forward(model, ctx):
+        assert not any(m.training for m in model.modules()) and ctx.recording is False
+        ctx.policy, ctx.group_mask = None, None  # what a Fisher pass may set per batch
+    assert ctx.recording is True and ctx.policy is policy and ctx.group_mask is mask
+    assert model.training and not model.model.vision_tower.training
+    assert all(m.training for n, m in model.named_modules() if "vision_tower" not in n)

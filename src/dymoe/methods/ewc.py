@@ -97,13 +97,12 @@ class EWC(LoRA):
         with side_forward(self.model, ctx), torch.enable_grad():
             for batch in tqdm(batches, total=self.options.fisher_batches, desc="ewc fisher", leave=False, disable=None):
                 ctx.policy, ctx.group_mask = self.routing_policy("train"), self.group_mask(batch, "train")
-                loss = self.model(**batch).loss
+                loss = self.model(**batch, use_cache=False).loss
                 if not torch.isfinite(loss.detach()):
                     continue
                 grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
                 running = add_squared_grads(running, dict(zip(names, grads)))
                 used += 1
-        ctx.policy, ctx.group_mask = None, None
         if used == 0:
             log.warning("ewc: no batch with answer tokens for the Fisher; this task adds no penalty")
         return {k: v / max(used, 1) for k, v in running.items()}

@@ -62,15 +62,16 @@ def trainable_tensors(adapter: ExpertAdapter) -> dict[str, torch.nn.Parameter]:
 @contextlib.contextmanager
 def side_forward(model: torch.nn.Module, context: RoutingContext) -> Iterator[None]:
     """A forward that is not training: every module in eval mode (no dropout, no gradient checkpointing) and
-    routing recording off; each module's mode and the recording flag are restored afterwards."""
+    routing recording off. Each module's mode and the context's recording flag, policy and group mask are restored
+    afterwards. Callers pass ``use_cache=False`` to the model: a KV cache would only cost memory here."""
     modes = [(m, m.training) for m in model.modules()]
-    recording = context.recording
+    saved = (context.recording, context.policy, context.group_mask)
     model.eval()
     context.recording = False
     try:
         yield
     finally:
-        context.recording = recording
+        context.recording, context.policy, context.group_mask = saved
         for m, mode in modes:
             m.training = mode
 
@@ -100,7 +101,7 @@ class LwF(LoRA):
         self.teacher = {k: v.to(params[k].device, params[k].dtype) for k, v in self.teacher.items()}
         inputs = {k: v for k, v in batch.items() if k != "labels"}  # the teacher's own LM loss is not needed
         with side_forward(self.model, self.adapter.context):
-            out = functional_call(self.model, self.teacher, args=(), kwargs=inputs, strict=False)
+            out = functional_call(self.model, self.teacher, args=(), kwargs={**inputs, "use_cache": False}, strict=False)
         return out.logits
 
     def loss_terms(self, batch: dict[str, torch.Tensor], outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
