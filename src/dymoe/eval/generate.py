@@ -19,7 +19,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -94,6 +94,7 @@ def _generate_local(
     device: torch.device,
     show_progress: bool,
     desc: str,
+    batch_hook: Callable[[dict], None] | None = None,
 ) -> list[str]:
     """Greedy-generate the texts of ``samples`` on this process, longest prompt first; returned in input order."""
     tokenizer = processor.tokenizer
@@ -110,6 +111,8 @@ def _generate_local(
         batch = {k: v.to(device) for k, v in batch.items()}
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(dtype)  # [N_img, 3, H, W] in the model's dtype
+        if batch_hook is not None:
+            batch_hook(batch)  # e.g. a task router setting the per-sample group mask for this batch
         out = model.generate(
             **batch,
             do_sample=False,
@@ -138,6 +141,7 @@ def generate_predictions(
     accelerator: Any = None,
     desc: str = "eval",
     max_length: int = 2048,
+    batch_hook: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Greedy answers to test questions, as ``merge.jsonl`` rows in the order of ``samples``.
 
@@ -153,6 +157,8 @@ def generate_predictions(
             process on the model's device.
         desc: the progress-bar label (shown on the main process only).
         max_length: prompt token budget (see :func:`~dymoe.data.collate.build_generation_batch`).
+        batch_hook: called with each generation batch (on the device) before ``generate``; methods use it to set
+            per-sample routing restrictions (task routers).
 
     Returns:
         ``[{"question_id", "prompt", "text"}]``, one per sample, same order; identical on every process.
@@ -185,6 +191,7 @@ def generate_predictions(
             device=torch.device(device),
             show_progress=is_main,
             desc=desc,
+            batch_hook=batch_hook,
         )
     finally:
         gen_model.train(was_training)

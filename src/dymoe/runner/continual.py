@@ -266,7 +266,7 @@ class ContinualRun:
                     predictions = generate_predictions(
                         self.model, self.processor, samples, batch_size=ev.batch_size,
                         max_new_tokens=ev.max_new_tokens, accelerator=self.acc, max_length=ev.max_length,
-                        desc=f"eval {task.name} after {k + 1}",
+                        desc=f"eval {task.name} after {k + 1}", batch_hook=self._eval_batch_hook,
                     )
                 if self.main:
                     atomic_write_jsonl(pred_path, predictions)
@@ -275,7 +275,7 @@ class ContinualRun:
                                          load_annotations(scorer, task.annotations))
             row.append(round(float(result.accuracy), 4))
             self.acc.log({f"eval/{task.name}": result.accuracy}, step=k + 1)
-        ctx.policy = None
+        ctx.policy, ctx.group_mask = None, None
         if self.main:
             cells = "  ".join(f"{n}={a:.2f}" for n, a in zip(self.names, row))
             print(f"after task {k + 1}/{len(self.tasks)} ({self.names[k]}): {cells}", file=sys.stderr)
@@ -302,6 +302,9 @@ class ContinualRun:
             rows = rows[: k - 1] + [row] + rows[k:] if len(rows) >= k else rows + [row]
         self.write_results(rows, self._read_metrics().get("train", {}))
         return rows
+
+    def _eval_batch_hook(self, batch: dict) -> None:
+        self.adapter.context.group_mask = self.method.group_mask(batch, "eval")
 
     def write_results(self, rows: list[list[float]], train_log: dict) -> None:
         if not self.main:
