@@ -8,7 +8,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,8 +118,20 @@ class TaskTrainer:
             yield self._to_device(self.collator([self.samples[i] for i in order[k : k + bs]]))
 
     # ------------------------------------------------------------------ loop
-    def train(self, task: TaskInfo, samples: list, *, seed: int, step_dir: Path | None = None) -> TrainResult:
-        """Train on ``samples``; ``step_dir`` (if given) holds/receives mid-task step checkpoints."""
+    def train(
+        self,
+        task: TaskInfo,
+        samples: list,
+        *,
+        seed: int,
+        step_dir: Path | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> TrainResult:
+        """Train on ``samples``; ``step_dir`` (if given) holds/receives mid-task step checkpoints.
+
+        ``on_step(step, total)`` is called after every optimizer step (analyses evaluate mid-task with it; the
+        model is in train mode again when it returns).
+        """
         cfg, acc, model = self.cfg, self.acc, self.model
         self.samples = samples
         batches = self._batches(samples, seed)
@@ -187,6 +199,9 @@ class TaskTrainer:
                     acc.log(logs, step=task.index * 1_000_000 + step)
                 if step_dir is not None and cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < total:
                     self._save_step(step_dir, micro + 1, task, optimizer, scheduler)
+                if on_step is not None:
+                    on_step(step, total)
+                    wrapped.train()
             result.loss_terms = {k: float(v.detach()) for k, v in terms.items()}
         bar.close()
         ctx.policy, ctx.group_mask, ctx.recording = None, None, False
