@@ -8,6 +8,11 @@ Loss terms, summed over the wrapped modules:
 
 The penalty depends on parameters only, so it is computed from the layers' tensors after the forward and is
 unaffected by gradient checkpointing.
+
+Scale note: the L1 sum has ``r_old × r_new`` entries per module and its gradient on each entry of A_new sums over the
+``r_old`` earlier rows, so at the default rank (64 per task, the DyMoE budget) the same λ1 pushes harder than in
+MCITlib (16 per task); on ``configs/smoke.yaml`` the term is ≈1.4 on task 2 and ≈2.7 on task 3 (it grows with the
+number of earlier tasks). λ1 stays 0.05 as specified; lower it with ``method.lambda1`` if it dominates the CE loss.
 """
 
 from __future__ import annotations
