@@ -2,6 +2,11 @@
 loss wiring (module mean, weights, ramp, task 1), inference unchanged, IncMoELoRA parity, pruning, task router,
 shipped configs."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,8 @@ from transformers import LlavaForConditionalGeneration
 
 from dymoe.config import load_config
 from dymoe.errors import ConfigError, DymoeError
-from dymoe.injection import AdapterConfig, inject
+from dymoe.injection import AdapterConfig, ExpertAdapter, inject
+from dymoe.layers.context import RoutingContext
 from dymoe.layers.functional import router_scores
 from dymoe.layers.moe_lora import MoELoRALinear
 from dymoe.methods import DyMoE, IncMoELoRA, StepInfo, TaskInfo, build_method
@@ -492,3 +498,85 @@ def test_loss_terms_survive_gradient_checkpointing():
     assert plain.keys() == ckpt.keys() and plain
     for k in plain:
         torch.testing.assert_close(ckpt[k], plain[k], atol=1e-6, rtol=1e-5)
+
+
+_PRUNE_WORKER = r"""
+import json, os, sys
+import torch, torch.nn as nn, torch.distributed as dist
+from dymoe.injection import AdapterConfig, ExpertAdapter
+from dymoe.layers.context import RoutingContext
+from dymoe.layers.moe_lora import MoELoRALinear
+from dymoe.methods import DyMoE
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+ctx = RoutingContext()
+layer = MoELoRALinear(nn.Linear(6, 5), bank_rank=8, top_k=2, context=ctx)
+layer.add_group(0, 4, 2)
+adapter = ExpertAdapter(None, {"m": layer}, ctx, AdapterConfig(experts_per_group=4, expert_rank=2))
+method = DyMoE(DyMoE.Options(prune_fraction=0.25, prune_stat_batches=4))
+method.adapter = adapter
+# this rank's own counts: 10 tokens, hits differ per rank
+hits = [[5.0, 0.0, 3.0, 3.0], [0.0, 6.0, 1.0, 3.0]][rank]
+w = torch.zeros(10, 4)
+for e, h in enumerate(hits):
+    w[: int(h), e] = 0.5
+method.activation_stats.update("m", layer.expert_id, w, torch.ones(10, dtype=torch.bool))
+pruned = method.prune_new_group(None)
+print(json.dumps({"rank": rank, "pruned": pruned, "left": layer.expert_id.tolist()}))
+dist.destroy_process_group()
+"""
+
+
+def _one_layer_method(hits, tokens=10):
+    ctx = RoutingContext()
+    layer = MoELoRALinear(nn.Linear(6, 5), bank_rank=8, top_k=2, context=ctx)
+    layer.add_group(0, 4, 2)
+    method = DyMoE(DyMoE.Options(prune_fraction=0.25, prune_stat_batches=4))
+    method.adapter = ExpertAdapter(None, {"m": layer}, ctx, AdapterConfig(experts_per_group=4, expert_rank=2))
+    w = torch.zeros(tokens, 4)
+    for e, h in enumerate(hits):
+        w[: int(h), e] = 0.5
+    method.activation_stats.update("m", layer.expert_id, w, torch.ones(tokens, dtype=torch.bool))
+    return method, layer
+
+
+def test_pruning_sums_counts_over_processes(monkeypatch):
+    """The all-reduce is wired in: a fake 2-process reduce adds the other rank's counts before the choice."""
+    import torch.distributed as dist
+
+    other = torch.tensor([0.0, 6.0, 1.0, 3.0, 10.0])  # the other rank: hits per expert, then its token count
+    calls = []
+
+    def fake_all_reduce(t):
+        calls.append(t.clone())
+        t.add_(other)
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    method, layer = _one_layer_method([5.0, 0.0, 3.0, 3.0])
+    # alone this rank would drop expert 1; summed hits [5, 6, 4, 6] drop expert 2
+    assert method.prune_new_group(None) == {"m": [2]}
+    assert layer.expert_id.tolist() == [0, 1, 3]
+    assert len(calls) == 1 and calls[0].tolist() == [5.0, 0.0, 3.0, 3.0, 10.0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DYMOE_SLOW_TESTS"), reason="~30 s: set DYMOE_SLOW_TESTS=1 to run")
+def test_pruning_decision_is_shared_across_processes(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                   OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", _PRUNE_WORKER], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    # summed hits [5, 6, 4, 6] over 20 tokens: both ranks drop expert 2 (alone, rank 0 would drop 1, rank 1 drop 0)
+    assert [o["pruned"] for o in outs] == [{"m": [2]}, {"m": [2]}]
+    assert [o["left"] for o in outs] == [[0, 1, 3], [0, 1, 3]]

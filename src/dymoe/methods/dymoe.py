@@ -332,14 +332,35 @@ class DyMoE(IncMoELoRA):
         ids = self.activation_stats.expert_ids.get(name)
         return ids is not None and ids.shape == layer.expert_id.shape and bool(torch.equal(ids, layer.expert_id))
 
+    def _global_frequencies(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Recent activation frequencies ``{module: [E]}``, summed over every process of a distributed run.
+
+        Each process counted its own data shard; without the all-reduce the processes would prune different
+        experts and their models would diverge.
+        """
+        counts = [self.activation_stats.recent_counts(n) for n in names]
+        if not counts:
+            return {}
+        sizes = [h.numel() for h, _ in counts]
+        flat = torch.cat([torch.cat([h.float(), t.float().reshape(1)]) for h, t in counts])  # [Σ (E + 1)]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flat)
+        out, offset = {}, 0
+        for name, e in zip(names, sizes):
+            hits, ntok = flat[offset : offset + e], flat[offset + e]
+            out[name] = hits / ntok.clamp_min(1.0)
+            offset += e + 1
+        return out
+
     def prune_new_group(self, trainer: Any = None) -> dict[str, list[int]]:
         """Remove ``prune_fraction`` of each module's least-activated new experts; returns the pruned expert ids."""
         mods = {n: m for n, m in self.adapter.modules.items() if m.has_trainable_group}
         if not all(self._has_current_stats(n, m) for n, m in mods.items()):
             self.measure_activations(trainer, self.options.prune_stat_batches)
+        freqs = self._global_frequencies(list(mods))
         pruned: dict[str, list[int]] = {}
         for name, layer in mods.items():
-            freq = self.activation_stats.recent_frequency(name)  # [E]
+            freq = freqs[name]  # [E]
             new_pos = layer.trainable_mask.nonzero().squeeze(-1)  # [E_new]
             drop = least_activated(freq[new_pos], self.options.prune_fraction)
             if drop.numel():

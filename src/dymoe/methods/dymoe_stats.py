@@ -94,10 +94,15 @@ class ExpertActivationStats:
         """``[E]`` fraction of counted tokens for which each expert was in the top-K with ``w > 0``."""
         return self.hits[name] / self.tokens[name].clamp_min(1.0)
 
-    def recent_frequency(self, name: str) -> torch.Tensor:
-        """Like :meth:`frequency`, over the last ``window`` forwards only (all counted ones if ``window`` is 0)."""
+    def recent_counts(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hits [E], tokens [])`` over the last ``window`` forwards (all counted ones if ``window`` is 0)."""
         if not self.window or not self.recent.get(name):
-            return self.frequency(name)
+            return self.hits[name], self.tokens[name]
         hits = torch.stack([h for h, _ in self.recent[name]]).sum(0)
         ntok = torch.stack([n for _, n in self.recent[name]]).sum()
+        return hits, ntok
+
+    def recent_frequency(self, name: str) -> torch.Tensor:
+        """Like :meth:`frequency`, over the last ``window`` forwards only (all counted ones if ``window`` is 0)."""
+        hits, ntok = self.recent_counts(name)
         return hits / ntok.clamp_min(1.0)
