@@ -22,7 +22,7 @@ from dymoe.layers.context import RoutingContext
 from dymoe.layers.functional import router_scores
 from dymoe.layers.moe_lora import MoELoRALinear
 from dymoe.methods import DyMoE, IncMoELoRA, StepInfo, TaskInfo, build_method
-from dymoe.methods.dymoe_math import load_balance_loss, rsr_losses, tag_decision, tag_mask
+from dymoe.methods.dymoe_math import analysis_mask, load_balance_loss, rsr_losses, tag_decision, tag_mask
 from dymoe.models.tiny import preset_config
 
 IMG = 4  # image token id of the tiny preset
@@ -206,7 +206,8 @@ def test_two_task_smoke_routing_stats_and_frozen_bank():
     assert all(t["aux"].item() > 0 for t in logs1)
     assert method.token_stats.total == {}  # no old group on task 1
     assert all(not m.has_trainable_group and m.num_experts == 4 for m in adapter.modules.values())
-    frozen = {n: m.frozen_A.clone() for n, m in adapter.modules.items()}
+    frozen = {n: [getattr(m, k).clone() for k in ("frozen_A", "frozen_B", "frozen_router")]
+              for n, m in adapter.modules.items()}
     seen.clear()
     logs2 = train_task(model, adapter, method, 1, BATCHES_2)
     assert all(t["rsr_exc"].item() > 0 and t["rsr_spe"].item() > 0 for t in logs2)
@@ -217,7 +218,9 @@ def test_two_task_smoke_routing_stats_and_frozen_bank():
         assert (on_new ^ on_old).all()
     # the old bank did not move; the folded bank is old + new
     for n, m in adapter.modules.items():
-        assert torch.equal(m.frozen_A[: frozen[n].shape[0]], frozen[n]) and m.num_experts == 8
+        a, b, u = frozen[n]
+        assert torch.equal(m.frozen_A[: a.shape[0]], a) and torch.equal(m.frozen_B[:, : b.shape[1]], b)
+        assert torch.equal(m.frozen_router[: u.shape[0]], u) and m.num_experts == 8
     fr = method.token_stats.fractions()
     assert set(fr) == set(adapter.modules)
     for f in fr.values():
@@ -277,8 +280,8 @@ def test_loss_terms_are_module_means_weighted_and_ramped():
     assert exp_ans != pytest.approx(exp_exc, rel=1e-3)
 
 
-def test_tag_scope_answer_only_masks_answer_tokens():
-    method = DyMoE(DyMoE.Options(tag_scope="answer"))
+def _task2_events(method):
+    """Routing events of one task-2 training forward (no backward)."""
     model, adapter = setup(method)
     train_task(model, adapter, method, 0, BATCHES_1[:1])
     method.before_task(TaskInfo(1, "task1", 2))
@@ -291,6 +294,19 @@ def test_tag_scope_answer_only_masks_answer_tokens():
     with torch.no_grad():
         model(**batch)
     ctx.recording, ctx.policy = False, None
+    return events, batch
+
+
+@pytest.mark.parametrize("mode", ["only_new", "mask_old", "only_ambiguous", "none"])
+def test_analysis_modes_replace_tag_in_training(mode):
+    events, _ = _task2_events(DyMoE(DyMoE.Options(token_mask_mode=mode)))
+    assert len(events) == 14
+    for ev in events:
+        assert torch.equal(ev.adjusted, analysis_mask(ev.scores, ev.layer.trainable_mask, 0.2, mode))
+
+
+def test_tag_scope_answer_only_masks_answer_tokens():
+    events, batch = _task2_events(DyMoE(DyMoE.Options(tag_scope="answer")))
     answer = (batch["labels"] != -100).reshape(-1)
     for ev in events:
         expected = tag_mask(ev.scores, ev.layer.trainable_mask, 0.2)
