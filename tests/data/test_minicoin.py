@@ -317,7 +317,7 @@ def test_font_glyphs_are_distinct_and_scaled_as_blocks():
 
 
 # ----------------------------------------------------------------------------------------------- safety, verify
-def test_refuses_non_empty_dir_unless_forced(tiny_scale, tmp_path):
+def test_refuses_non_empty_dir_unless_forced(tiny_scale, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
@@ -330,6 +330,9 @@ def test_refuses_non_empty_dir_unless_forced(tiny_scale, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DymoeError, match="not a directory"):
         generate(tmp_path / "file", scale=tiny_scale, force=True)
+    monkeypatch.chdir(out)
+    with pytest.raises(DymoeError, match="current directory"):
+        generate(tmp_path, scale=tiny_scale, force=True)
     with pytest.raises(DymoeError, match="unknown scale"):
         generate(tmp_path / "new", scale="huge")
     with pytest.raises(DymoeError, match="seed"):

@@ -224,7 +224,9 @@ def generate(
         raise DymoeError(f"unknown scale {scale!r}; expected one of: {', '.join(SCALES)}")
     if not isinstance(seed, int) or seed < 0:
         raise DymoeError(f"seed must be a non-negative integer, got {seed!r}")
-    out = Path(out_dir)
+    out = Path(os.path.abspath(out_dir))
+    if force and Path.cwd().is_relative_to(out):
+        raise DymoeError(f"--out {out}: refusing to replace the current directory or one of its parents")
     _prepare_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
