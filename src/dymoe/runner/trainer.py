@@ -85,6 +85,28 @@ class TrainResult:
     dropped: int = 0
 
 
+def forward_loss(model, adapter: ExpertAdapter, method: Method, batch: dict, step: StepInfo):
+    """One training forward with the method's routing policy, group mask and loss terms.
+
+    This is the step the runner trains with (and the one ``benchmarks/bench_train_step.py`` times). Returns
+    ``(loss, terms, outputs)``: the LM loss plus the method's (already weighted) terms, each term by name, and the
+    model outputs. Recording is switched off before returning, so gradient checkpointing's recomputation in
+    backward does not report to the observers again.
+    """
+    ctx = adapter.context
+    ctx.policy = method.routing_policy("train")
+    ctx.group_mask = method.group_mask(batch, "train")
+    ctx.recording = True
+    try:
+        method.on_forward_start()
+        outputs = model(**batch)
+        terms = method.loss_terms(batch, outputs, step)
+    finally:
+        ctx.recording = False
+    loss = outputs.loss + sum(terms.values()) if terms else outputs.loss
+    return loss, terms, outputs
+
+
 class TaskTrainer:
     """Trains the adapter on one task's samples (see module docstring).
 
@@ -166,14 +188,7 @@ class TaskTrainer:
                 continue
             batch = self._to_device(self.collator([samples[i] for i in idx]))
             with acc.accumulate(wrapped):
-                ctx.policy = self.method.routing_policy("train")
-                ctx.group_mask = self.method.group_mask(batch, "train")
-                ctx.recording = True
-                self.method.on_forward_start()
-                outputs = wrapped(**batch)
-                terms = self.method.loss_terms(batch, outputs, StepInfo(step, total))
-                ctx.recording = False  # backward's recomputation (gradient checkpointing) must not record again
-                loss = outputs.loss + sum(terms.values()) if terms else outputs.loss
+                loss, terms, _ = forward_loss(wrapped, self.adapter, self.method, batch, StepInfo(step, total))
                 if not torch.isfinite(loss.detach()).all():
                     raise TrainingDiverged(
                         f"loss became {loss.item()} on task {task.index + 1} ({task.name!r}) at step {step + 1}; "
