@@ -118,3 +118,13 @@ def test_fused_is_not_the_cross_term_form():
     expected = (0.3 * (x @ a_list[0].T @ b_list[0].T) + 0.7 * (x @ a_list[1].T @ b_list[1].T)).detach()
     torch.testing.assert_close(fused.detach(), expected)
     assert (fused.detach() - wrong).abs().max() > 1e-3
+
+
+def test_router_scores_stay_fp32_under_autocast():
+    x = torch.randn(5, 8)
+    u = torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = router_scores(x, u, "linear")
+        c = router_scores(x, u, "cosine")
+    assert s.dtype == torch.float32 and c.dtype == torch.float32
+    torch.testing.assert_close(s, x @ u.T)

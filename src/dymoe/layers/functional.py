@@ -41,13 +41,15 @@ def router_scores(x: torch.Tensor, weight: torch.Tensor, mode: str, cos_scale: f
     """
     if mode == "none":
         return x.new_zeros(x.shape[0], weight.shape[0], dtype=torch.float32)
-    xf, uf = x.float(), weight.float()
-    if mode == "cosine" and cos_scale > 0:
-        # scores in [-κ, κ]; normalising in fp32 keeps tiny-norm tokens stable
-        return F.normalize(xf, dim=-1) @ F.normalize(uf, dim=-1).T * cos_scale
-    if mode in ("linear", "cosine"):
+    if mode not in ROUTER_MODES:
+        raise ValueError(f"router mode must be one of {ROUTER_MODES}, got {mode!r}")
+    # fp32 even under autocast: at T = 0.01 a bf16 score would make routing and TAG decisions coarse
+    with torch.autocast(x.device.type, enabled=False):
+        xf, uf = x.float(), weight.float()
+        if mode == "cosine" and cos_scale > 0:
+            # scores in [-κ, κ]; normalising in fp32 keeps tiny-norm tokens stable
+            return F.normalize(xf, dim=-1) @ F.normalize(uf, dim=-1).T * cos_scale
         return xf @ uf.T
-    raise ValueError(f"router mode must be one of {ROUTER_MODES}, got {mode!r}")
 
 
 def route(
