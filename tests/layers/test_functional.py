@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from dymoe.layers.functional import expand_gates, moe_lora_delta, moe_lora_delta_reference, route, router_scores
+from dymoe.layers.functional import (
+    expand_gates,
+    moe_lora_delta,
+    moe_lora_delta_reference,
+    route,
+    router_scores,
+)
 
 
 def naive_gates(scores, top_k, temperature):
