@@ -1,0 +1,56 @@
+"""Every shipped YAML is parsed and validated (STYLE.md rule 8)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dymoe.config import RunConfig, load_config
+from dymoe.data.tasks import load_benchmark
+from dymoe.methods import METHODS, build_method
+from dymoe.runner.reproduce import DEFAULT_PLAN, load_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_KEYS = set(RunConfig.__dataclass_fields__)
+ALL_YAML = sorted(p for p in (ROOT / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert len(ALL_YAML) >= 8
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_yaml_parses_and_validates(path, tmp_path):
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), path
+    rel = path.relative_to(ROOT / "configs").parts
+    if rel[0] == "accelerate":
+        assert data["distributed_type"] in {"NO", "MULTI_GPU", "DEEPSPEED", "MULTI_CPU", "FSDP"}
+        assert int(data["num_processes"]) >= 1
+    elif rel[0] == "benchmarks":
+        bench = load_benchmark(path, data_root=tmp_path)
+        assert [t.name for t in bench.tasks][:2] == ["ScienceQA", "TextVQA"]
+    elif rel[0] == "reproduce":
+        plan = load_plan(path)
+        assert all(p.is_file() for p in plan.base.values())
+        assert [label for label, _ in plan.methods][-1] == "LLaVA-DyMoE"
+    elif set(data) <= RUN_KEYS:
+        cfg = load_config(path, ["backbone.path=tiny:test"])
+        method = build_method(cfg.method)
+        assert method.name == cfg.method_name
+    else:
+        pytest.skip(f"{path.name}: not a run config (keys {sorted(data)})")
+
+
+def test_main_table_plan_names_registered_methods():
+    plan = load_plan(DEFAULT_PLAN)
+    for label, sets in plan.methods:
+        name = next(s.split("=", 1)[1] for s in sets if s.startswith("method.name="))
+        assert name in METHODS, (label, name)
+        cfg = load_config(plan.base["coin"], [*sets, "backbone.path=tiny:test"])
+        assert build_method(cfg.method).name == name
+    assert set(plan.paper) == {label for label, _ in plan.methods}
+    # the paper's MFN is the mean of its final row (dymoe.md §10), to rounding
+    for label, row in plan.paper.items():
+        tasks = [v for k, v in row.items() if k not in ("MFN", "MAA", "BWT")]
+        assert abs(sum(tasks) / 8 - row["MFN"]) < 0.01, label
