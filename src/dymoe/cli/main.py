@@ -27,6 +27,7 @@ COMMANDS: list[str] = [
     "dymoe.cli.compare",
     "dymoe.cli.prepare_demo",
     "dymoe.cli.demo",
+    "dymoe.cli.analyze",
 ]
 
 
