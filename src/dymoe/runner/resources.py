@@ -2,6 +2,8 @@
 
 - ``backbone.path: tiny:<preset>`` builds (once, cached) the offline tiny LLaVA of that preset
   (:func:`dymoe.models.tiny.make_tiny_llava`, random weights: for tests and smoke runs);
+- ``backbone.path: demo:base`` builds (once, cached, checksummed) the caption-pretrained demo base
+  (:func:`dymoe.demo.base.build_demo_base`);
 - ``benchmark.file: minicoin`` generates (once, cached, checksummed) mini-CoIN at ``benchmark.minicoin_scale``.
 
 The cache lives in ``$DYMOE_CACHE`` or ``~/.cache/dymoe``; entries are keyed by their parameters and verified
@@ -37,6 +39,13 @@ def resolve_backbone_path(path: str) -> str:
         if not (out / "config.json").is_file():
             make_tiny_llava(out, preset=preset, seed=0, overwrite=True)
         return str(out)
+    if path.startswith("demo:"):
+        # the caption-pretrained demo base (dymoe.demo.base), built once into <cache>/demo-base/ and verified
+        from dymoe.demo.base import build_demo_base
+
+        if path != "demo:base":
+            raise ConfigError(f"backbone.path {path!r}: the only demo backbone is demo:base")
+        return str(build_demo_base())
     return path
 
 
