@@ -69,7 +69,7 @@ def make_sample(rng: np.random.Generator, split: str) -> Sample:
     """2-3 objects with distinct (colour, shape) on a square, landscape or portrait image; one is described."""
     size = (SQUARE, SQUARE, LANDSCAPE, PORTRAIT)[int(rng.integers(4))]
     n = int(rng.integers(2, 4))
-    objs = random_objects(rng, grid_boxes(rng, size, n, min_side=14, max_side=28), patterns=PATTERNS)
+    objs = random_objects(rng, grid_boxes(rng, size, n, min_side=18, max_side=30), patterns=PATTERNS)
     img = render_scene(size, pick(rng, BACKGROUNDS), objs)
     target = pick(rng, objs)
     phrase = pick(rng, _expressions(target, objs))
