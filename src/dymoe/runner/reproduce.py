@@ -8,6 +8,7 @@ below) and a radar chart of mean final accuracy are written to ``OUT``.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -48,6 +49,23 @@ def load_plan(path: str | Path = DEFAULT_PLAN) -> Plan:
         methods.append((str(m["label"]), [str(s) for s in m.get("set", [])]))
     base = {k: (path.parent / v).resolve() for k, v in raw["base"].items()}
     return Plan(base=base, methods=methods, paper=raw.get("paper") or {})
+
+
+def paper_rows(plan: Plan, labels: list[str], tasks: list[str]) -> dict[str, dict[str, float]]:
+    """The paper's rows for these methods, restricted to the tasks that were run; its MFN/MAA/BWT are kept only
+    when the run covers all of the paper's tasks (otherwise they would describe a different sequence).
+
+    The paper's CoIN rows go under the measured ones on any benchmark: on mini-CoIN they are there for the
+    ordering of the methods, not for the absolute numbers."""
+    rows = {}
+    for label in labels:
+        if label not in plan.paper:
+            continue
+        row = plan.paper[label]
+        paper_tasks = [k for k in row if k not in ("MFN", "MAA", "BWT", "MFT")]
+        keep = set(tasks) | ({"MFN", "MAA", "BWT", "MFT"} if set(paper_tasks) <= set(tasks) else set())
+        rows[label] = {k: v for k, v in row.items() if k in keep}
+    return rows
 
 
 def run_dir_name(label: str) -> str:
@@ -96,8 +114,7 @@ def reproduce(
             run(cfg, out)
             wall[f"{label}/seed{seed}"] = round(time.perf_counter() - t, 1)
             run_dirs.append(out)
-    # the paper's CoIN rows go under the measured ones on any benchmark: on mini-CoIN they are for the ordering
-    reference = {label: plan.paper[label] for label, _ in chosen if label in plan.paper}
+    reference = paper_rows(plan, [label for label, _ in chosen], json.loads((run_dirs[0] / "matrix.json").read_text())["tasks"])
     markdown, csv_text = compare_runs(run_dirs, reference=reference)
     atomic_write_text(output / "main_table.md", markdown)
     atomic_write_text(output / "main_table.csv", csv_text)
