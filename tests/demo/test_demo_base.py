@@ -203,11 +203,11 @@ def test_shipped_demo_configs_parse(method, quick):
     assert cfg.backbone.path == "demo:base"
     assert cfg.training.seed == 3
     assert cfg.label == {"lora": "LoRA", "incmoelora": "IncMoELoRA", "dymoe": "LLaVA-DyMoE"}[method]
+    assert cfg.benchmark.minicoin_scale == "small" and cfg.benchmark.max_eval_samples is None
     if quick:
-        assert cfg.benchmark.minicoin_scale == "small"
-        assert cfg.benchmark.order == ["ScienceQA", "TextVQA", "ImageNet", "GQA"]
+        assert cfg.benchmark.order == ["ScienceQA", "TextVQA", "ImageNet", "GQA"] and cfg.training.epochs == 1
     else:
-        assert cfg.benchmark.minicoin_scale == "default" and cfg.benchmark.order == "origin"
+        assert cfg.benchmark.order == "origin" and cfg.training.epochs == 2
 
 
 def _write(path: Path, text: str) -> None:
@@ -280,6 +280,8 @@ def test_demo_cli_runs_each_method_then_prints_the_table(tmp_path, monkeypatch, 
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--output", str(out), "--methods", "lora,dymoe", "--seed", "2"]) == 0
     assert calls == [("base", "demo:base"), ("lora", "small", 2, out / "lora"), ("dymoe", "small", 2, out / "dymoe")]
+    assert main(["demo", "--quick", "--output", str(out), "--methods", "lora"]) == 0  # seed 0 by default
+    assert calls[-1] == ("lora", "small", 0, out / "lora")
     printed = capsys.readouterr().out
     assert "| LoRA | 1 | 20.00 | 30.00 | 70.00 | 40.00 | 61.67 | -60.00 |" in printed
     assert "| LLaVA-DyMoE | 1 | 60.00 | 75.00 | 65.00 | 66.67 | 74.72 | -15.00 |" in printed
