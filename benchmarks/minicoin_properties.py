@@ -10,7 +10,8 @@
 
 Runs go through the continual runner with the demo configs (``configs/demo``), one run directory each under
 ``--runs``; an interrupted benchmark resumes (finished runs are reused). The JSON is rewritten after every run,
-so a partial file is usable. ``--only`` picks parts; ``--jobs 2`` runs two runs at a time.
+so a partial file is usable. ``--only`` picks parts; ``--jobs 2`` runs two runs at a time; ``--render A.json B.json``
+merges the results of separate processes and prints the Markdown tables of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,64 @@ def _environment() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
+def summarise(result: dict) -> dict:
+    """Add ``sequential_lora`` (from the ``lora-seed0`` run) and ``seeds`` (mean ± std per method over the runs
+    present) to ``result``; returns it."""
+    done = result.get("runs", {})
+    if "lora-seed0" in done:
+        r = done["lora-seed0"]
+        acc, tasks = r["matrix"]["accuracy"], r["matrix"]["tasks"]
+        result["sequential_lora"] = {
+            "BWT": r["metrics"]["BWT"], "MFN": r["metrics"]["MFN"],
+            "per_task": {t: {"after_training": acc[j][j], "final": acc[-1][j]} for j, t in enumerate(tasks)},
+        }
+    by_method: dict[str, list[tuple[int, dict]]] = {}
+    for name, r in sorted(done.items()):
+        method, seed = name.rsplit("-seed", 1)
+        by_method.setdefault(method, []).append((int(seed), r["metrics"]))
+    result["seeds"] = {
+        m: {"seeds": [s for s, _ in rows], **{k: _mean_std([r[k] for _, r in rows]) for k in ("MFN", "MAA", "BWT")}}
+        for m, rows in by_method.items()
+    }
+    return result
+
+
+def merge(results: list[dict]) -> dict:
+    """Several partial result files (e.g. one per process) as one: runs and tasks-alone entries are united."""
+    out: dict = {"environment": results[0].get("environment"), "config": results[0].get("config")}
+    for r in results:
+        out.setdefault("alone", {}).update(r.get("alone", {}))
+        out.setdefault("runs", {}).update(r.get("runs", {}))
+    return summarise(out)
+
+
+def render_markdown(result: dict) -> str:
+    """The "mini-CoIN properties" tables of ``benchmarks/RESULTS.md`` from a (merged) result."""
+    lines = []
+    alone = result.get("alone", {})
+    if alone:
+        lines += ["Each task trained alone (sequential-LoRA config, seed 0), accuracy after training:", "",
+                  "| " + " | ".join(alone) + " |", "|" + "---:|" * len(alone),
+                  "| " + " | ".join(f"{v['accuracy']:.1f}" for v in alone.values()) + " |", ""]
+    seq = result.get("sequential_lora")
+    if seq:
+        tasks = list(seq["per_task"])
+        lines += [f"Sequential LoRA, seed 0: BWT = {seq['BWT']:.2f}, MFN = {seq['MFN']:.2f}. Accuracy right after "
+                  "training each task vs after the last task:", "",
+                  "| | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks),
+                  "| after training | " + " | ".join(f"{seq['per_task'][t]['after_training']:.1f}" for t in tasks) + " |",
+                  "| final | " + " | ".join(f"{seq['per_task'][t]['final']:.1f}" for t in tasks) + " |", ""]
+    seeds = result.get("seeds", {})
+    if seeds:
+        def cell(d: dict) -> str:
+            return f"{d['mean']:.2f}" + (f" ± {d['std']:.2f}" if d["std"] is not None else "")
+
+        lines += ["Seeds (mean ± sample std):", "", "| method | seeds | MFN | MAA | BWT |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {m} | {','.join(map(str, d['seeds']))} | {cell(d['MFN'])} | {cell(d['MAA'])} | {cell(d['BWT'])} |"
+                  for m, d in seeds.items()]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from dymoe.data.minicoin.tasks import TASK_NAMES
     from dymoe.demo.plan import DEMO_METHODS
@@ -81,7 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per run (default: torch's own, i.e. $OMP_NUM_THREADS or the core count, "
                          "divided by --jobs)")
+    ap.add_argument("--render", nargs="+", metavar="RESULT.json",
+                    help="no runs: merge these result files into --out and print the Markdown tables")
     args = ap.parse_args(argv)
+    if args.render:
+        merged = merge([json.loads(Path(p).read_text()) for p in args.render])
+        atomic_write_json(Path(args.out), merged)
+        print(render_markdown(merged), end="")
+        return 0
     parts = [p for p in args.only.split(",") if p]
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
@@ -91,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     result["environment"] = _environment()
     result["config"] = "configs/demo/minicoin.yaml + configs/demo/<method>.yaml"
     resolve_backbone_path("demo:base")  # build the base and mini-CoIN once, before any worker starts
-    resolve_minicoin("default")
+    from dymoe.demo.plan import demo_config
+
+    resolve_minicoin(demo_config("lora").benchmark.minicoin_scale)
 
     jobs: list[tuple[str, tuple]] = []
     if "alone" in parts:
@@ -111,25 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                                                        "seconds": res["seconds"]}
         else:
             result.setdefault("runs", {})[f"{rest[0]}-seed{rest[1]}"] = res
-        summarise()
+        summarise(result)
         atomic_write_json(out, result)
         print(f"[{time.perf_counter() - started:7.0f}s] {name}: {res['metrics']}", flush=True)
-
-    def summarise() -> None:
-        done = result.get("runs", {})
-        if "lora-seed0" in done:
-            r = done["lora-seed0"]
-            acc, tasks = r["matrix"]["accuracy"], r["matrix"]["tasks"]
-            result["sequential_lora"] = {
-                "BWT": r["metrics"]["BWT"], "MFN": r["metrics"]["MFN"],
-                "per_task": {t: {"after_training": acc[j][j], "final": acc[-1][j]} for j, t in enumerate(tasks)},
-            }
-        seeds_summary = {}
-        for m in methods:
-            rows = [done[f"{m}-seed{s}"]["metrics"] for s in seeds if f"{m}-seed{s}" in done]
-            if rows:
-                seeds_summary[m] = {"n": len(rows), **{k: _mean_std([r[k] for r in rows]) for k in ("MFN", "MAA", "BWT")}}
-        result["seeds"] = seeds_summary
 
     if args.jobs <= 1:
         for name, job in jobs:
