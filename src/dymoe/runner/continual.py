@@ -166,6 +166,7 @@ class ContinualRun:
                                              "benchmark": str(self.benchmark.name)})
         self._train_sets: dict[str, list] = {}
         self._test_sets: dict[str, list] = {}
+        self._annotations: dict[tuple[str, str], dict] = {}
         if acc.log_with:
             acc.init_trackers("dymoe", config=_flat(cfg.to_dict()))
 
@@ -188,6 +189,23 @@ class ContinualRun:
             # the same subset for every method and seed, so runs stay comparable
             self._test_sets[task.name] = _subsample(samples, self.cfg.benchmark.max_eval_samples, 0)
         return self._test_sets[task.name]
+
+    def annotations(self, task: TaskSpec, scorer: str) -> dict:
+        """The scorer's side files, loaded once; restricted to the evaluated subset when evaluation is capped.
+
+        CoIN's ScienceQA scorer divides by ``pid_splits["test"]`` (a missing prediction counts as wrong), so with
+        ``benchmark.max_eval_samples`` the split is cut to the evaluated questions, keeping that rule on the subset.
+        """
+        key = (task.name, scorer)
+        if key not in self._annotations:
+            ann = load_annotations(scorer, task.annotations)
+            if "pid_splits" in ann and self.cfg.benchmark.max_eval_samples is not None:
+                kept = {str(s.question_id) for s in self.test_set(task)}
+                splits = dict(ann["pid_splits"])
+                splits["test"] = [pid for pid in splits.get("test", []) if str(pid) in kept]
+                ann = {**ann, "pid_splits": splits}
+            self._annotations[key] = ann
+        return self._annotations[key]
 
     # ------------------------------------------------------------------ the recipe
     def run(self) -> dict:
@@ -271,8 +289,7 @@ class ContinualRun:
                 if self.main:
                     atomic_write_jsonl(pred_path, predictions)
             scorer = self.scorer_name(task)
-            result = SCORERS.get(scorer)(predictions, [s.reference for s in samples],
-                                         load_annotations(scorer, task.annotations))
+            result = SCORERS.get(scorer)(predictions, [s.reference for s in samples], self.annotations(task, scorer))
             row.append(round(float(result.accuracy), 4))
             self.acc.log({f"eval/{task.name}": result.accuracy}, step=k + 1)
         ctx.policy, ctx.group_mask = None, None
