@@ -118,6 +118,16 @@ def _replay(past: dict[str, list], n: int, seed: int) -> list:
     return select_replay(past, n, seed)
 
 
+def restrict_to_evaluated(annotations: dict, question_ids: list) -> dict:
+    """Side files cut to the evaluated questions: ScienceQA's ``pid_splits["test"]`` (its scorer's denominator)."""
+    if "pid_splits" not in annotations:
+        return annotations
+    kept = {str(q) for q in question_ids}
+    splits = dict(annotations["pid_splits"])
+    splits["test"] = [pid for pid in splits.get("test", []) if str(pid) in kept]
+    return {**annotations, "pid_splits": splits}
+
+
 class ContinualRun:
     """One method over one task sequence in one run directory (see the module docstring)."""
 
@@ -199,11 +209,8 @@ class ContinualRun:
         key = (task.name, scorer)
         if key not in self._annotations:
             ann = load_annotations(scorer, task.annotations)
-            if "pid_splits" in ann and self.cfg.benchmark.max_eval_samples is not None:
-                kept = {str(s.question_id) for s in self.test_set(task)}
-                splits = dict(ann["pid_splits"])
-                splits["test"] = [pid for pid in splits.get("test", []) if str(pid) in kept]
-                ann = {**ann, "pid_splits": splits}
+            if self.cfg.benchmark.max_eval_samples is not None:
+                ann = restrict_to_evaluated(ann, [s.question_id for s in self.test_set(task)])
             self._annotations[key] = ann
         return self._annotations[key]
 
