@@ -145,13 +145,13 @@ def _write_task(root: Path, k: int, task: str, scale: str, seed: int, bar: tqdm)
                 n_images += 1
             if split == "train":
                 rows[split].append(_train_row(task, i, sample, image))
-                qid: int | str = i
+                pid: int | str = str(i + 1)  # ScienceQA-style problem id of a training row
             else:
                 # test ids continue after the train ids (ScienceQA's pids are unique across splits)
-                qid = SCALES[scale][0] + i + 1
-                qid = str(qid) if task in STRING_IDS else qid
-                rows[split].append(_test_row(task, qid, sample, image))
-            side[split].append((str(i + 1) if split == "train" else qid, sample, image))
+                n = SCALES[scale][0] + i + 1
+                pid = str(n) if task in STRING_IDS else n
+                rows[split].append(_test_row(task, pid, sample, image))
+            side[split].append((pid, sample, image))
             bar.update(1)
     for split in SPLITS:
         _dump_json(root / INSTRUCTIONS_DIR / task / f"{split}.json", rows[split])
