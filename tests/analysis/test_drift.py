@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +23,6 @@ from dymoe.layers.context import RoutingContext
 from dymoe.layers.moe_lora import MoELoRALinear
 from dymoe.methods.dymoe import DyMoE, DyMoEOptions
 from dymoe.methods.dymoe_math import tag_decision
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -134,23 +131,7 @@ def test_token_fractions_match_hand_typing_and_tag_decision():
 
 
 # ---------------------------------------------------------------------------- the whole command on a tiny run
-TINY = [
-    "benchmark.max_train_samples=8",
-    "benchmark.max_eval_samples=2",
-    "training.batch_size=4",
-    "evaluation.batch_size=2",
-    "evaluation.max_new_tokens=2",
-]
-
-
-@pytest.fixture(scope="module")
-def drift_run(analysis_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("drift") / "out"
-    argv = ["analyze", "drift", str(ROOT / "configs" / "analysis" / "drift-smoke.yaml"), "--output", str(out),
-            "--modes", "none,only_new", "--evals", "2"]
-    for o in TINY:
-        argv += ["--set", o]
-    return out, main(argv), argv
+# the tiny run itself is the session fixture `drift_run` (conftest.py), shared with the expert-view tests
 
 
 def test_drift_command_writes_the_documented_json(drift_run):
@@ -185,6 +166,13 @@ def test_drift_command_writes_the_documented_json(drift_run):
         assert n_new == pytest.approx(overall["new"] * overall["tokens"])
     assert (out / "drift.png").stat().st_size > 0
     assert (out / "task1" / "checkpoints" / "task_1_ScienceQA" / "adapter.safetensors").is_file()
+    # every condition is a complete two-task run directory (task 1 shared, task 2 its own)
+    for mode in ("none", "only_new"):
+        ckpts = out / f"mode_{mode}" / "checkpoints"
+        assert (ckpts / "task_1_ScienceQA" / "adapter.json").read_bytes() == (
+            out / "task1" / "checkpoints" / "task_1_ScienceQA" / "adapter.json").read_bytes()
+        meta = json.loads((ckpts / "task_2_TextVQA" / "adapter.json").read_text())
+        assert meta["metadata"]["drift_mode"] == mode
 
 
 def test_drift_rerun_reuses_task1_and_finished_conditions(drift_run):

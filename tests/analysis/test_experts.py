@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +16,6 @@ from dymoe.cli.main import main
 from dymoe.injection.inject import AdapterConfig, ExpertAdapter
 from dymoe.layers.context import RoutingContext
 from dymoe.layers.moe_lora import MoELoRALinear
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_group_mass_by_hand():
@@ -145,16 +142,12 @@ def test_recording_applies_the_policy_and_a_group_mask_hook():
 
 
 # ---------------------------------------------------------------------------- the view on a tiny run
-@pytest.fixture(scope="module")
-def tiny_run(analysis_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("experts") / "run"
-    status = main(["run", str(ROOT / "configs" / "smoke.yaml"), "--output", str(out),
-                   "--set", "method.name=dymoe", "--set", "benchmark.order=[ScienceQA, TextVQA]",
-                   "--set", "benchmark.max_train_samples=4", "--set", "benchmark.max_eval_samples=3",
-                   "--set", "training.batch_size=4", "--set", "evaluation.max_new_tokens=1",
-                   "--set", "trackers=[]"])
+@pytest.fixture()
+def tiny_run(drift_run):
+    """A two-task dymoe run directory on the tiny backbone: one condition of the tiny drift run (conftest.py)."""
+    out, status, _ = drift_run
     assert status == 0
-    return out
+    return out / "mode_none"
 
 
 def test_expert_view_matrix_after_each_task(tiny_run, tmp_path):

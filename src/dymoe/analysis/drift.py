@@ -24,7 +24,8 @@ new experts start identical and the conditions differ only by the mask.
 Output layout (``DIR``)::
 
     task1/            a run directory holding the shared task-1 checkpoint and start.json (accuracies at step 0)
-    mode_<m>/         config.yaml, env.json and drift_mode.json (this condition's numbers; reused on a rerun)
+    mode_<m>/         config.yaml, env.json, drift_mode.json (this condition's numbers; reused on a rerun) and
+                      checkpoints after both tasks: a run directory that ``dymoe analyze experts`` reads
     drift.json        all numbers (see :func:`run_drift`)
     drift.png         forgetting and gain per condition across checkpoints, token-type fractions
 """
@@ -36,6 +37,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -212,7 +214,7 @@ def _condition_stage(cfg: RunConfig, out: Path, task1_dir: Path, tasks: Sequence
     """Train task 2 under ``mode`` from the task-1 checkpoint, evaluating at :func:`checkpoint_steps`."""
     from accelerate.utils import set_seed
 
-    from dymoe.injection.state import load_adapter_into, load_method_state
+    from dymoe.injection.state import load_adapter_into, load_method_state, save_adapter
     from dymoe.methods.base import TaskInfo
     from dymoe.runner.continual import ContinualRun
     from dymoe.runner.rundir import RunDir
@@ -258,6 +260,14 @@ def _condition_stage(cfg: RunConfig, out: Path, task1_dir: Path, tasks: Sequence
 
     result = run.trainer.train(info, samples, seed=seed, on_step=on_step)
     overall = layer_fractions({n: c.detach().cpu() for n, c in run.method.token_stats.total.items()})
+    run.method.after_task(info, run.trainer)
+    if run.main:
+        # a complete two-task run directory: `dymoe analyze experts mode_<m>` shows where each condition routes
+        shutil.copytree(ckpt, run.dir.checkpoint(1, task1.name), dirs_exist_ok=True)
+        save_adapter(run.adapter, run.dir.checkpoint(2, task2.name),
+                     metadata={"task": task2.name, "task_index": 2, "method": run.method.describe(),
+                               "drift_mode": mode},
+                     method_state=run.method.state_dict())
     return {
         **record,
         "total_steps": result.steps,
