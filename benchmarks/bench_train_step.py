@@ -92,7 +92,15 @@ def prepare(setup: str, model, adapter_cfg: AdapterConfig):
     for p in model.parameters():
         p.requires_grad_(False)
     if setup == "frozen":
-        model.enable_input_require_grads()  # the floor: full activation backward, no weight gradient
+        # the floor: the language model's full activation backward, no weight gradient (like the adapters, which
+        # backpropagate through the language model only; the vision tower stays forward-only)
+        def lm_inputs_require_grad(module, args, kwargs):
+            emb = kwargs.get("inputs_embeds")
+            if emb is not None and not emb.requires_grad:
+                kwargs["inputs_embeds"] = emb.detach().requires_grad_(True)
+            return args, kwargs
+
+        model.model.language_model.register_forward_pre_hook(lm_inputs_require_grad, with_kwargs=True)
 
         def step(batch):
             return model(**batch).loss

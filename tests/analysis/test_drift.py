@@ -108,6 +108,7 @@ def test_token_fractions_match_hand_typing_and_tag_decision():
     holder = nn.ModuleList(modules.values())
     adapter = ExpertAdapter(holder, modules, ctx, AdapterConfig())
     method = DyMoE(DyMoEOptions(tau=0.2))
+    method.track_token_types = True  # as run_drift does
     method.setup(holder, adapter)
     x = torch.tensor([[t for t, _ in TOKENS]])  # [1, 7, 4]
     ctx.attention_mask = torch.tensor([[1] * 6 + [0]])  # [1, 7]

@@ -197,6 +197,8 @@ def test_policy_is_off_on_task_one_and_at_inference():
 # ---------------------------------------------------------------------------- two tasks on a tiny LLaVA
 def test_two_task_smoke_routing_stats_and_frozen_bank():
     method = DyMoE(DyMoE.Options(rsr_start=0.0))
+    assert not method.track_token_types  # off unless an analysis reads them (a per-step cost)
+    method.track_token_types = True
     model, adapter = setup(method)
     seen = []
     adapter.context.observers.append(lambda ev: seen.append((ev.layer.trainable_mask.clone(), ev.weights.detach())))

@@ -229,6 +229,7 @@ def _condition_stage(cfg: RunConfig, out: Path, task1_dir: Path, tasks: Sequence
     run.model.to(run.acc.device)
     if not hasattr(run.method, "token_stats"):
         raise ConfigError(f"the drift analysis needs the dymoe method, got {run.method.name!r}")
+    run.method.track_token_types = True
 
     info = TaskInfo(index=1, name=task2.name, num_tasks=2)
     samples = list(run.train_set(task2))

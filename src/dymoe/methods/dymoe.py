@@ -150,6 +150,9 @@ class DyMoE(IncMoELoRA):
         super().__init__(options)
         self.token_stats = TokenTypeStats()
         self.activation_stats = ExpertActivationStats(window=self.options.prune_stat_batches)
+        # statistics cost a few ops per module and step: collected only when something reads them
+        self.track_token_types = False  # set by the routing-drift analysis
+        self.track_activations = self.options.prune_fraction > 0
         self.prototypes: torch.Tensor | None = None
         self.task_index = 0
         self._events: list[RoutingEvent] = []
@@ -253,8 +256,9 @@ class DyMoE(IncMoELoRA):
             return
         layer = event.layer
         with torch.no_grad():
-            self.activation_stats.update(name, layer.expert_id, event.weights, event.token_mask)
-            new_mask = newest_group_mask(layer)
+            if self.track_activations:
+                self.activation_stats.update(name, layer.expert_id, event.weights, event.token_mask)
+            new_mask = newest_group_mask(layer) if self.track_token_types else None
             if new_mask is not None:
                 use_new, ambiguous, _ = tag_decision(event.scores.detach(), new_mask, self.options.tau)
                 self.token_stats.update(name, use_new, ambiguous, event.token_mask)

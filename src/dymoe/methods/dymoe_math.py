@@ -223,6 +223,9 @@ def load_balance_loss(
         raise ValueError(f"aux loss type must be one of {AUX_TYPES}, got {kind!r}")
     if kind == "none" or not bool(new_mask.any()):
         return scores.new_zeros((), dtype=torch.float32)
+    if kind == "switch" and int(top_k) >= int(new_mask.sum()):
+        # k_new = E_new: f_i ≡ 1/E_new, the loss is Σ P_i = 1 with no gradient; skip the softmax and top-K
+        return scores.float().sum() * 0.0 + 1.0  # attached to the graph (zero gradient), like the full form
     s_new = scores.float()[:, new_mask]  # [N, E_new]
     e_new = s_new.shape[1]
     p = torch.softmax(s_new / temperature, dim=-1)  # [N, E_new]
