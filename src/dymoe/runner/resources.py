@@ -52,8 +52,10 @@ def resolve_backbone_path(path: str) -> str:
 def resolve_minicoin(scale: str, seed: int = 0) -> Path:
     """``benchmark.yaml`` of mini-CoIN at ``scale`` in the cache, generated or regenerated as needed."""
     from dymoe.data.minicoin import generate, verify
+    from dymoe.data.minicoin.writer import GENERATOR_VERSION
 
-    out = cache_dir() / "minicoin" / f"{scale}-seed{seed}"
+    # keyed by the generator version too, so a cache made by an older generator is never reused
+    out = cache_dir() / "minicoin" / f"v{GENERATOR_VERSION}-{scale}-seed{seed}"
     yaml_path = out / "benchmark.yaml"
     if yaml_path.is_file() and not verify(out):
         return yaml_path
