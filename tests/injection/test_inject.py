@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from dymoe.errors import CheckpointError, ConfigError
 from dymoe.injection import AdapterConfig, inject, load_adapter, save_adapter
