@@ -200,3 +200,20 @@ def test_resume_with_a_different_config_is_refused(tmp_path, cache_env, capsys):
     assert main(["run", str(SMOKE), "--output", str(out), *[a for o in [*FAST, "benchmark.order=[ScienceQA]",
                                                                        "training.lr=0.5"] for a in ("--set", o)]]) == 2
     assert "first difference at 'training.lr'" in capsys.readouterr().err
+
+
+def test_eval_command_regenerates_from_checkpoints_without_touching_the_config(tmp_path, cache_env, capsys):
+    out = tmp_path / "ev"
+    run(cfg_with("method.name=incmoelora"), out)
+    config_before = (out / "config.yaml").read_text()
+    matrix_before = json.loads((out / "matrix.json").read_text())
+    pred = out / "predictions" / "ScienceQA" / "after_1.jsonl"
+    pred.write_text("")  # must be regenerated, not re-read
+    assert main(["eval", str(out), "--after-task", "1", "--set", "evaluation.batch_size=3"]) == 0
+    assert len(read_jsonl(pred)) == 8
+    assert (out / "config.yaml").read_text() == config_before
+    # same weights, same greedy decoding: the same row (batching does not change greedy answers here)
+    assert json.loads((out / "matrix.json").read_text()) == matrix_before
+    assert "after task 1:" in capsys.readouterr().out
+    assert main(["eval", str(out), "--after-task", "5"]) == 2
+    assert main(["eval", str(out), "--set", "training.lr=1"]) == 2

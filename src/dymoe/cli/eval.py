@@ -26,8 +26,7 @@ def run(args) -> int:
     if bad:
         raise DymoeError(f"dymoe eval only overrides evaluation.* settings, got {bad[0]!r}")
     cfg = load_config(cfg_path, args.overrides)
-    runner = ContinualRun(cfg, args.run_dir)
-    runner.dir.check_config = lambda resolved: None  # evaluation settings may differ from the stored ones
+    runner = ContinualRun(cfg, args.run_dir, evaluation_only=True)
     rows = runner.reevaluate(args.after_task)
     for k, row in enumerate(rows, start=1):
         print(f"after task {k}: " + "  ".join(f"{a:.2f}" for a in row))

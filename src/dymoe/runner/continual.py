@@ -131,8 +131,11 @@ def restrict_to_evaluated(annotations: dict, question_ids: list) -> dict:
 class ContinualRun:
     """One method over one task sequence in one run directory (see the module docstring)."""
 
-    def __init__(self, cfg: RunConfig, output: str | Path, *, accelerator=None):
+    def __init__(self, cfg: RunConfig, output: str | Path, *, accelerator=None, evaluation_only: bool = False):
+        """``evaluation_only``: re-evaluating an existing run (``dymoe eval``): evaluation settings may differ from
+        the stored config, which is then neither checked nor rewritten."""
         self.cfg = cfg
+        self.evaluation_only = evaluation_only
         self.dir = RunDir(output)
         self.acc = accelerator or make_accelerator(cfg, self.dir.root)
         self.main = self.acc.is_main_process
@@ -141,7 +144,8 @@ class ContinualRun:
     def setup(self) -> None:
         cfg, acc = self.cfg, self.acc
         resolved = dump_config(cfg)
-        self.dir.check_config(resolved)
+        if not self.evaluation_only:
+            self.dir.check_config(resolved)
         with acc.main_process_first():
             self.benchmark = resolve_benchmark(cfg)
             backbone = resolve_backbone_path(cfg.backbone.path)
@@ -169,7 +173,7 @@ class ContinualRun:
         self.collator = VLMCollator(self.processor, max_length=cfg.training.max_length)
         self.trainer = TaskTrainer(self.model, self.adapter, self.method, self.collator, cfg.training, acc)
         # written only once everything above succeeded: a failed start leaves no run directory behind
-        if self.main:
+        if self.main and not self.evaluation_only:
             self.dir.root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.dir.config, resolved)
             atomic_write_json(self.dir.env, {**environment(cfg, acc), "tasks": self.names,
