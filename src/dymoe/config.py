@@ -19,6 +19,7 @@ import yaml
 
 from dymoe.errors import ConfigError
 from dymoe.injection.inject import AdapterConfig
+from dymoe.io import read_yaml_mapping
 
 
 @dataclass
@@ -272,14 +273,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     base_dir = Path.cwd()
     if path is not None:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = read_yaml_mapping(path, "config file")
         base_dir = path.resolve().parent
     data = apply_overrides(data, overrides or [])
     cfg = build_dataclass(RunConfig, data)

@@ -41,3 +41,27 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines file (blank lines ignored)."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
+    """Parse a YAML file whose top level must be a mapping (an empty file is ``{}``).
+
+    Raises :class:`dymoe.errors.ConfigError` naming the file: missing (``"<what> PATH does not exist"``),
+    malformed YAML, or a top level that is not a mapping.
+    """
+    import yaml
+
+    from dymoe.errors import ConfigError
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: malformed YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data

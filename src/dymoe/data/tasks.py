@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dymoe.errors import ConfigError
 from dymoe.eval.scorers import SCORERS  # the registry is the source of truth for scorer names
+from dymoe.io import read_yaml_mapping
 
 INSTRUCTION_TYPES = ("origin", "diverse", "10type")
 _TOP_KEYS = {"name", "instruction_type", "data_root", "order", "orders", "tasks"}
@@ -134,14 +133,7 @@ def load_benchmark(
     subset is allowed). Raises :class:`ConfigError` naming the file and key for anything invalid.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: benchmark file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: malformed YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "benchmark file")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")

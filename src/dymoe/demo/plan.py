@@ -15,10 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dymoe.config import RunConfig, load_config
 from dymoe.errors import ConfigError
+from dymoe.io import read_yaml_mapping
 
 __all__ = [
     "CONFIG_DIR",
@@ -74,15 +73,7 @@ def select_methods(requested: Sequence[str] | None, registered: Sequence[str]) -
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"demo config {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return data
+    return read_yaml_mapping(path, "demo config")
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,11 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from dymoe.config import load_config
 from dymoe.errors import ConfigError
-from dymoe.io import atomic_write_json, atomic_write_text
+from dymoe.io import atomic_write_json, atomic_write_text, read_yaml_mapping
 
 DEFAULT_PLAN = Path(__file__).resolve().parents[3] / "configs" / "reproduce" / "main-table.yaml"
 
@@ -36,11 +34,8 @@ class Plan:
 def load_plan(path: str | Path = DEFAULT_PLAN) -> Plan:
     """Read and check a plan YAML (relative base paths are relative to the plan's folder)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"plan {str(path)!r} does not exist") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("methods"), list) or not isinstance(raw.get("base"), dict):
+    raw = read_yaml_mapping(path, "plan")
+    if not isinstance(raw.get("methods"), list) or not isinstance(raw.get("base"), dict):
         raise ConfigError(f"{path}: expected keys 'base' (mapping) and 'methods' (list)")
     methods = []
     for i, m in enumerate(raw["methods"]):
