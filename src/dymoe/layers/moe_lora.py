@@ -282,9 +282,14 @@ class MoELoRALinear(nn.Module):
             torch.cat([self.frozen_router, self.router]),
         )
 
-    def gate_weights(self, x2d: torch.Tensor, batch: int, seq: int) -> tuple[torch.Tensor, RoutingEvent | None]:
-        """Routing for ``x2d [N, d_in]`` (``N = batch * seq``): returns weights ``[N, E]`` fp32 and the event."""
-        _, _, u = self.bank()
+    def gate_weights(
+        self, x2d: torch.Tensor, batch: int, seq: int, router: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, RoutingEvent | None]:
+        """Routing for ``x2d [N, d_in]`` (``N = batch * seq``): returns weights ``[N, E]`` fp32 and the event.
+
+        ``router`` ``[E, d_in]``: the bank's router rows if the caller already has them (saves a concatenation).
+        """
+        u = self.bank()[2] if router is None else router
         ctx = self.context
         scores = router_scores(x2d, u, self.router_mode, self.cos_scale)  # [N, E] fp32
         adjusted = scores
@@ -310,10 +315,10 @@ class MoELoRALinear(nn.Module):
         lead = x.shape[:-1]
         batch, seq = (lead[0], math.prod(lead[1:])) if len(lead) >= 2 else (1, math.prod(lead))
         x2d = x.reshape(-1, self.in_features)  # [N, d_in]
-        weights, event = self.gate_weights(x2d, batch, seq)
+        a, b, u = self.bank()  # concatenated once per forward (frozen + trainable)
+        weights, event = self.gate_weights(x2d, batch, seq, u)
         if event is not None:
             self.context.emit(event)
-        a, b, _ = self.bank()
         ranks = self._rank if self._rank is not None else self.expert_rank
         # .to() is a no-op when dtypes agree; under autocast the GEMMs run in the autocast dtype anyway
         a, b = a.to(x.dtype), b.to(x.dtype)
