@@ -239,6 +239,39 @@ def test_cv2_loss_by_hand():
     assert load_balance_loss(AUX_SCORES, AUX_NEW, None, 1, 1.0, "none").item() == 0.0
 
 
+# ---------------------------------------------------------------------------- int form (the hot path)
+@pytest.mark.parametrize("two_sided", [True, False])
+def test_int_split_equals_the_bool_mask_values_and_gradients(two_sided):
+    """``new_mask=k`` (first k experts old: the layer's layout) gives the bool-mask results, gradients included."""
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(37, 7, generator=g)
+    k = 4
+    mask = torch.arange(7) >= k
+    token_mask = torch.rand(37, generator=g) > 0.3
+    for fn in (lambda s, m: group_maxima(s, m)[0], lambda s, m: group_maxima(s, m)[1],
+               lambda s, m: tag_mask(s, m, 0.2, two_sided),
+               lambda s, m: analysis_mask(s, m, 0.2, "only_ambiguous"),
+               lambda s, m: rsr_losses(s, m, token_mask, 3, 0.1)[0],
+               lambda s, m: rsr_losses(s, m, token_mask, 3, 0.1)[1],
+               lambda s, m: load_balance_loss(s, m, token_mask, 2, 0.5, "switch"),
+               lambda s, m: load_balance_loss(s, m, token_mask, 2, 0.5, "cv2")):
+        outs, grads = [], []
+        for m in (mask, k):
+            s = raw.clone().requires_grad_(True)
+            out = fn(s, m)
+            torch.where(torch.isfinite(out), out, torch.zeros_like(out)).sum().backward()
+            outs.append(out.detach())
+            grads.append(s.grad)
+        assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    assert [t.tolist() for t in tag_decision(raw, k, 0.2)] == [t.tolist() for t in tag_decision(raw, mask, 0.2)]
+    # the first task: no old experts; load balancing covers the whole bank, TAG and RSR refuse
+    assert load_balance_loss(raw, 0, None, 2, 0.5, "cv2").item() == pytest.approx(
+        load_balance_loss(raw, torch.ones(7, dtype=torch.bool), None, 2, 0.5, "cv2").item(), rel=1e-6)
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="both an old and a new"):
+            tag_mask(raw, bad, 0.2)
+
+
 # ---------------------------------------------------------------------------- schedule and pruning
 @pytest.mark.parametrize(
     "p,start,rho",

@@ -209,7 +209,8 @@ class DyMoE(IncMoELoRA):
         if layer.num_frozen == 0 or not layer.has_trainable_group:
             return scores
         opts = self.options
-        adjusted = analysis_mask(scores, layer.trainable_mask, opts.tau, opts.train_mask_mode, opts.tag_two_sided)
+        # the trainable group is the bank's tail: pass its start as an int (column slices, no device sync)
+        adjusted = analysis_mask(scores, layer.num_frozen, opts.tau, opts.train_mask_mode, opts.tag_two_sided)
         if opts.tag_scope == "answer":
             scope = self._scope_mask(scores.shape[0], "tag_scope")
             adjusted = torch.where(scope[:, None].to(scores.device), adjusted, scores)
@@ -289,7 +290,7 @@ class DyMoE(IncMoELoRA):
             for ev in events:
                 layer = ev.layer
                 total = total + load_balance_loss(
-                    ev.scores, layer.trainable_mask, self._reg_mask(ev), layer.top_k, layer.temperature, opts.aux_type
+                    ev.scores, layer.num_frozen, self._reg_mask(ev), layer.top_k, layer.temperature, opts.aux_type
                 )
             terms["aux"] = opts.aux_weight * total / n_mod
         rsr_weights = {"rsr_exc": opts.rsr_exc, "rsr_spe": opts.rsr_spe}
@@ -303,7 +304,7 @@ class DyMoE(IncMoELoRA):
                     if layer.num_frozen == 0:
                         continue
                     l_exc, l_spe = rsr_losses(
-                        ev.scores, layer.trainable_mask, self._reg_mask(ev), layer.top_k, opts.rsr_temperature
+                        ev.scores, layer.num_frozen, self._reg_mask(ev), layer.top_k, opts.rsr_temperature
                     )
                     exc, spe = exc + l_exc, spe + l_spe
             values = {"rsr_exc": exc, "rsr_spe": spe}

@@ -4,6 +4,11 @@ Notation (one wrapped projection, dymoe.md §4–§7): ``N`` tokens, ``E`` exper
 ``new_mask [E]`` bool true for the experts of the group being trained. ``scores [N, E]`` are the raw routing scores
 (cosine router: in ``[-κ, κ]``) before any temperature, top-K or masking. Everything is computed in fp32.
 
+Wherever a function takes ``new_mask`` it also takes a Python ``int`` ``k`` instead, meaning "the first ``k``
+experts are old, the rest new", which is how :class:`~dymoe.layers.MoELoRALinear` lays out its bank (frozen
+experts first, the trainable group last). The int form slices columns instead of boolean-indexing them: the same
+numbers, but no device synchronisation and no gather, which is what the training hot path uses.
+
 The plugin :mod:`dymoe.methods.dymoe` wires these into the expert layers; nothing here knows about layers or tasks.
 """
 
@@ -19,7 +24,12 @@ AUX_TYPES = ("switch", "cv2", "none")
 _CLAMP = 1e-8  # log clamp of L_spe (upstream)
 
 
-def _check_groups(scores: torch.Tensor, new_mask: torch.Tensor) -> None:
+def _check_groups(scores: torch.Tensor, new_mask: torch.Tensor | int) -> None:
+    if isinstance(new_mask, int):
+        if scores.dim() != 2 or not 0 < new_mask < scores.shape[1]:
+            raise ValueError(f"TAG/RSR need both an old and a new expert group: {new_mask} old experts of "
+                             f"scores {tuple(scores.shape)} (expected [N, E] and 0 < old < E)")
+        return
     if scores.dim() != 2 or new_mask.shape != (scores.shape[1],):
         raise ValueError(f"expected scores [N, E] and new_mask [E], got {tuple(scores.shape)} and {tuple(new_mask.shape)}")
     n_new = int(new_mask.sum())
@@ -27,20 +37,25 @@ def _check_groups(scores: torch.Tensor, new_mask: torch.Tensor) -> None:
         raise ValueError("TAG/RSR need both an old and a new expert group (new_mask is all false or all true)")
 
 
-def group_maxima(scores: torch.Tensor, new_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(x: torch.Tensor, new_mask: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x[:, old] [N, E_old], x[:, new] [N, E_new])``; slices for an int ``new_mask``."""
+    if isinstance(new_mask, int):
+        return x[:, :new_mask], x[:, new_mask:]
+    return x[:, ~new_mask], x[:, new_mask]
+
+
+def group_maxima(scores: torch.Tensor, new_mask: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token maximum raw score of each group.
 
     Args:
-        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool.
+        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool, or the number of (leading) old experts.
 
     Returns:
         ``(c_old [N], c_new [N])`` fp32.
     """
     _check_groups(scores, new_mask)
-    s = scores.float()
-    c_old = s[:, ~new_mask].amax(dim=-1)  # [N]
-    c_new = s[:, new_mask].amax(dim=-1)  # [N]
-    return c_old, c_new
+    s_old, s_new = _split(scores.float(), new_mask)
+    return s_old.amax(dim=-1), s_new.amax(dim=-1)  # [N], [N]
 
 
 def relative_difference(c_old: torch.Tensor, c_new: torch.Tensor) -> torch.Tensor:
@@ -59,7 +74,7 @@ def relative_difference(c_old: torch.Tensor, c_new: torch.Tensor) -> torch.Tenso
 
 @torch.no_grad()
 def tag_decision(
-    scores: torch.Tensor, new_mask: torch.Tensor, tau: float
+    scores: torch.Tensor, new_mask: torch.Tensor | int, tau: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token typing of TAG (dymoe.md §4): which tokens may use the new group.
 
@@ -67,7 +82,8 @@ def tag_decision(
     ``c_old ≥ c_new``) are *old* tokens. The decision is hard (no gradient).
 
     Args:
-        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool (both groups non-empty); tau: threshold τ.
+        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool or the number of old experts (both groups
+            non-empty); tau: threshold τ.
 
     Returns:
         ``(use_new [N] bool, ambiguous [N] bool, d_rel [N] fp32)``.
@@ -80,16 +96,21 @@ def tag_decision(
 
 
 def _mask_groups(
-    scores: torch.Tensor, new_mask: torch.Tensor, block_new: torch.Tensor, block_old: torch.Tensor | None
+    scores: torch.Tensor, new_mask: torch.Tensor | int, block_new: torch.Tensor, block_old: torch.Tensor | None
 ) -> torch.Tensor:
     """``-inf`` on the new group for tokens in ``block_new [N]`` and on the old group for ``block_old [N]``."""
+    if isinstance(new_mask, int):
+        s_old, s_new = scores[:, :new_mask], scores[:, new_mask:]
+        if block_old is not None:
+            s_old = s_old.masked_fill(block_old[:, None], NEG_INF)
+        return torch.cat([s_old, s_new.masked_fill(block_new[:, None], NEG_INF)], dim=1)
     mask = block_new[:, None] & new_mask[None, :]  # [N, E]
     if block_old is not None:
         mask = mask | (block_old[:, None] & ~new_mask[None, :])
     return scores.masked_fill(mask, NEG_INF)
 
 
-def tag_mask(scores: torch.Tensor, new_mask: torch.Tensor, tau: float, two_sided: bool = True) -> torch.Tensor:
+def tag_mask(scores: torch.Tensor, new_mask: torch.Tensor | int, tau: float, two_sided: bool = True) -> torch.Tensor:
     """TAG's score adjustment, applied before top-K and softmax (dymoe.md §4, A2).
 
     Old-dominant and ambiguous tokens get ``-inf`` on every new expert. New-dominant tokens get ``-inf`` on every
@@ -98,7 +119,8 @@ def tag_mask(scores: torch.Tensor, new_mask: torch.Tensor, tau: float, two_sided
     no task-loss gradient from tokens kept off the new group.
 
     Args:
-        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool; tau: τ; two_sided: also mask old experts for new tokens.
+        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool or the number of old experts; tau: τ;
+            two_sided: also mask old experts for new tokens.
 
     Returns:
         ``[N, E]`` scores with ``-inf`` where a token may not route.
@@ -108,7 +130,7 @@ def tag_mask(scores: torch.Tensor, new_mask: torch.Tensor, tau: float, two_sided
 
 
 def analysis_mask(
-    scores: torch.Tensor, new_mask: torch.Tensor, tau: float, mode: str, two_sided: bool = True
+    scores: torch.Tensor, new_mask: torch.Tensor | int, tau: float, mode: str, two_sided: bool = True
 ) -> torch.Tensor:
     """The routing-drift conditions of Fig. 1 (dymoe.md §11) as score policies.
 
@@ -121,7 +143,8 @@ def analysis_mask(
     - ``tag``: :func:`tag_mask` (``two_sided`` as given).
 
     Args:
-        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool; tau: τ; mode: one of ``ANALYSIS_MODES``.
+        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool or the number of old experts; tau: τ;
+            mode: one of ``ANALYSIS_MODES``.
 
     Returns:
         ``[N, E]`` adjusted scores.
@@ -160,7 +183,7 @@ def rsr_weights(scores: torch.Tensor, top_k: int, temperature: float) -> torch.T
 
 def rsr_losses(
     scores: torch.Tensor,
-    new_mask: torch.Tensor,
+    new_mask: torch.Tensor | int,
     token_mask: torch.Tensor | None,
     top_k: int,
     temperature: float,
@@ -176,25 +199,26 @@ def rsr_losses(
     both masked means over tokens (denominator ``max(Σ mask, 1)``), in fp32.
 
     Args:
-        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool (both groups non-empty);
-        token_mask: ``[N]`` bool or None (all tokens); top_k: K; temperature: T_rsr.
+        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool or the number of old experts (both groups
+        non-empty); token_mask: ``[N]`` bool or None (all tokens); top_k: K; temperature: T_rsr.
 
     Returns:
         ``(L_exc, L_spe)`` scalars.
     """
     _check_groups(scores, new_mask)
     w = rsr_weights(scores, top_k, temperature)  # [N, E]
-    g_new = w[:, new_mask].sum(dim=-1)  # [N]
-    g_old = w[:, ~new_mask].sum(dim=-1)  # [N]
+    w_old, w_new = _split(w, new_mask)  # [N, E_old], [N, E_new]
+    g_new = w_new.sum(dim=-1)  # [N]
+    g_old = w_old.sum(dim=-1)  # [N]
     l_exc = masked_token_mean(g_old * g_new, token_mask)
-    y = (1.0 - w[:, ~new_mask].amax(dim=-1)).clamp(0.0, 1.0).detach()  # [N]
+    y = (1.0 - w_old.detach().amax(dim=-1)).clamp(0.0, 1.0)  # [N]
     bce = -(y * g_new.clamp_min(_CLAMP).log() + (1.0 - y) * (1.0 - g_new).clamp_min(_CLAMP).log())  # [N]
     return l_exc, masked_token_mean(bce, token_mask)
 
 
 def load_balance_loss(
     scores: torch.Tensor,
-    new_mask: torch.Tensor,
+    new_mask: torch.Tensor | int,
     token_mask: torch.Tensor | None,
     top_k: int,
     temperature: float,
@@ -213,7 +237,8 @@ def load_balance_loss(
     - ``none``: 0.
 
     Args:
-        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool (may be all true, e.g. on the first task);
+        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool (may be all true, e.g. on the first task), or
+        the number of old experts (``0 <= k < E``);
         token_mask: ``[N]`` bool or None; top_k: K; temperature: the routing temperature; kind: see above.
 
     Returns:
@@ -221,12 +246,20 @@ def load_balance_loss(
     """
     if kind not in AUX_TYPES:
         raise ValueError(f"aux loss type must be one of {AUX_TYPES}, got {kind!r}")
-    if kind == "none" or not bool(new_mask.any()):
+    if kind == "none":
         return scores.new_zeros((), dtype=torch.float32)
-    if kind == "switch" and int(top_k) >= int(new_mask.sum()):
+    if isinstance(new_mask, int):
+        if not 0 <= new_mask < scores.shape[1]:
+            raise ValueError(f"load balancing: {new_mask} old experts of scores {tuple(scores.shape)}; expected 0 <= k < E")
+        n_new = scores.shape[1] - new_mask
+    else:
+        n_new = int(new_mask.sum())
+    if n_new == 0:
+        return scores.new_zeros((), dtype=torch.float32)
+    if kind == "switch" and int(top_k) >= n_new:
         # k_new = E_new: f_i ≡ 1/E_new, the loss is Σ P_i = 1 with no gradient; skip the softmax and top-K
         return scores.float().sum() * 0.0 + 1.0  # attached to the graph (zero gradient), like the full form
-    s_new = scores.float()[:, new_mask]  # [N, E_new]
+    s_new = _split(scores.float(), new_mask)[1]  # [N, E_new]
     e_new = s_new.shape[1]
     p = torch.softmax(s_new / temperature, dim=-1)  # [N, E_new]
     m = torch.ones(s_new.shape[0], device=s_new.device) if token_mask is None else token_mask.float()  # [N]
