@@ -42,6 +42,30 @@ def test_every_yaml_parses_and_validates(path, tmp_path):
         pytest.skip(f"{path.name}: not a run config (keys {sorted(data)})")
 
 
+def test_ablation_plan_is_cumulative_and_shares_its_ends_with_the_main_table():
+    from dymoe.runner.reproduce import TABLES
+
+    main_plan, ablation = load_plan(TABLES["main-table"]), load_plan(TABLES["ablation"])
+    rows = dict(ablation.methods)
+    assert list(rows) == ["IncMoELoRA", "+ L_aux", "+ TAG", "+ L_exc", "LLaVA-DyMoE"]
+    main_rows = dict(main_plan.methods)
+    for label in ("IncMoELoRA", "LLaVA-DyMoE"):  # same label and overrides: the same run directories
+        assert rows[label] == main_rows[label]
+        assert {k: ablation.paper[label][k] for k in ("MFN", "MAA", "BWT")} == {
+            k: main_plan.paper[label][k] for k in ("MFN", "MAA", "BWT")}
+    options = []
+    for label, sets in ablation.methods:
+        cfg = load_config(ablation.base["coin"], [*sets, "backbone.path=tiny:test"])
+        method = build_method(cfg.method)
+        options.append((method.name, getattr(method, "options", None)))
+    assert options[0][0] == "incmoelora"
+    aux, tag, exc, full = (o for _, o in options[1:])
+    assert (aux.tag, aux.rsr_exc, aux.rsr_spe, aux.aux_weight) == (False, 0.0, 0.0, 1e-3)
+    assert (tag.tag, tag.rsr_exc, tag.rsr_spe) == (True, 0.0, 0.0)
+    assert (exc.tag, exc.rsr_exc, exc.rsr_spe) == (True, 1e-3, 0.0)
+    assert (full.tag, full.rsr_exc, full.rsr_spe, full.aux_type) == (True, 1e-3, 1e-3, "switch")
+
+
 def test_main_table_plan_names_registered_methods():
     plan = load_plan(DEFAULT_PLAN)
     for label, sets in plan.methods:

@@ -34,7 +34,7 @@ def test_reproduce_runs_every_method_and_writes_the_table(tmp_path, cache_env, c
     dymoe_paper = paper["LLaVA-DyMoE (paper)"]
     assert float(dymoe_paper["ScienceQA"]) == 76.25 and float(dymoe_paper["ImageNet"]) == 95.80
     assert dymoe_paper["MFN"] == ""  # the paper's MFN is over 8 tasks: not shown beside a 2-task run
-    assert (out / "radar.png").stat().st_size > 1000
-    summary = json.loads((out / "reproduce.json").read_text())
+    assert (out / "main_table_radar.png").stat().st_size > 1000
+    summary = json.loads((out / "main_table.json").read_text())
     assert summary["methods"] == labels and summary["wall_seconds"] > 0
     assert "| LLaVA-DyMoE |" in capsys.readouterr().out

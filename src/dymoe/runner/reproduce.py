@@ -1,9 +1,13 @@
-"""``dymoe reproduce main-table``: every method of the DyMoE main table under one budget, over several seeds.
+"""``dymoe reproduce main-table|ablation``: every row of a DyMoE paper table under one budget, over several seeds.
 
-A plan (``configs/reproduce/main-table.yaml``) names a base run config per benchmark, the methods as config
+A plan (``configs/reproduce/main-table.yaml`` for the main table, ``configs/reproduce/ablation.yaml`` for the
+component ablation) names a base run config per benchmark, the methods as config
 overrides, and the paper's numbers. Each (method, seed) is an ordinary run directory ``OUT/<label>/seed<k>``, so a
 stopped reproduction resumes where it stopped. The table (Markdown + CSV, mean ± std over seeds, the paper's rows
-below) and a radar chart of mean final accuracy are written to ``OUT``.
+below) and a radar chart of mean final accuracy are written to ``OUT`` as ``<table>.md``, ``<table>.csv``,
+``<table>_radar.png`` and ``<table>.json`` (``main_table.md`` ...). Rows with the same label and overrides in two
+plans are the same runs: reproducing the ablation into the main table's folder reuses its IncMoELoRA and
+LLaVA-DyMoE runs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from dymoe.config import load_config
 from dymoe.errors import ConfigError
 from dymoe.io import atomic_write_json, atomic_write_text, read_yaml_mapping
 
-DEFAULT_PLAN = Path(__file__).resolve().parents[3] / "configs" / "reproduce" / "main-table.yaml"
+PLAN_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
+#: the tables ``dymoe reproduce`` knows, and their plans
+TABLES = {"main-table": PLAN_DIR / "main-table.yaml", "ablation": PLAN_DIR / "ablation.yaml"}
+DEFAULT_PLAN = TABLES["main-table"]
 
 
 @dataclass
@@ -75,14 +82,21 @@ def reproduce(
     backbone: str | None = None,
     methods: list[str] | None = None,
     overrides: list[str] | None = None,
-    plan_path: str | Path = DEFAULT_PLAN,
+    plan_path: str | Path | None = None,
+    table: str = "main-table",
 ) -> dict:
-    """Run every (method, seed) of the plan (resuming finished ones) and write the main table; returns a summary."""
+    """Run every (method, seed) of the plan (resuming finished ones) and write the table; returns a summary.
+
+    ``table`` names the outputs (``<table>.md`` with dashes as underscores) and, when ``plan_path`` is None,
+    picks the plan from :data:`TABLES`."""
     from dymoe.analysis.plots import plot_radar
     from dymoe.runner.continual import run
     from dymoe.runner.report import compare_runs, mean_final_accuracy
 
-    plan = load_plan(plan_path)
+    if table not in TABLES:
+        raise ConfigError(f"unknown table {table!r}; expected one of {sorted(TABLES)}")
+    plan = load_plan(plan_path or TABLES[table])
+    stem = table.replace("-", "_")
     if benchmark not in plan.base:
         raise ConfigError(f"--benchmark {benchmark!r}: the plan has base configs for {sorted(plan.base)}")
     chosen = plan.methods
@@ -111,11 +125,11 @@ def reproduce(
             run_dirs.append(out)
     reference = paper_rows(plan, [label for label, _ in chosen], json.loads((run_dirs[0] / "matrix.json").read_text())["tasks"])
     markdown, csv_text = compare_runs(run_dirs, reference=reference)
-    atomic_write_text(output / "main_table.md", markdown)
-    atomic_write_text(output / "main_table.csv", csv_text)
-    plot_radar(mean_final_accuracy(run_dirs), output / "radar.png", title=f"final accuracy ({benchmark})")
-    summary = {"benchmark": benchmark, "seeds": seeds, "methods": [m[0] for m in chosen],
+    atomic_write_text(output / f"{stem}.md", markdown)
+    atomic_write_text(output / f"{stem}.csv", csv_text)
+    plot_radar(mean_final_accuracy(run_dirs), output / f"{stem}_radar.png", title=f"final accuracy ({benchmark})")
+    summary = {"table": table, "benchmark": benchmark, "seeds": seeds, "methods": [m[0] for m in chosen],
                "wall_seconds": round(time.perf_counter() - t0, 1), "per_run_seconds": wall}
-    atomic_write_json(output / "reproduce.json", summary)
+    atomic_write_json(output / f"{stem}.json", summary)
     print(markdown)
     return summary
