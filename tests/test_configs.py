@@ -54,7 +54,7 @@ def test_ablation_plan_is_cumulative_and_shares_its_ends_with_the_main_table():
         assert {k: ablation.paper[label][k] for k in ("MFN", "MAA", "BWT")} == {
             k: main_plan.paper[label][k] for k in ("MFN", "MAA", "BWT")}
     options = []
-    for label, sets in ablation.methods:
+    for _label, sets in ablation.methods:
         cfg = load_config(ablation.base["coin"], [*sets, "backbone.path=tiny:test"])
         method = build_method(cfg.method)
         options.append((method.name, getattr(method, "options", None)))

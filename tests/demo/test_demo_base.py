@@ -125,6 +125,35 @@ def test_base_of_another_config_is_rebuilt(built_base):
     assert len(problems) == 1 and "built with another config" in problems[0]
 
 
+def test_shipped_base_is_the_default_config():
+    """The shipped base must be rebuilt (``dymoe prepare-demo --force --export ...``) whenever the default
+    config or the recipe version changes; otherwise every fresh clone would pretrain on first use."""
+    from dymoe.demo.base import PACKAGED
+
+    assert verify_demo_base(PACKAGED, DemoBaseConfig()) == []
+
+
+def test_empty_cache_installs_the_shipped_base(built_base, tmp_path, monkeypatch, capsys):
+    import dymoe.demo.base as base_mod
+
+    monkeypatch.setenv("DYMOE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(base_mod, "PACKAGED", built_base)
+    monkeypatch.setattr(base_mod, "_build", lambda *a, **k: pytest.fail("pretrained although a base is shipped"))
+    out = build_demo_base(steps=3, progress=False, **TINY)
+    assert out == demo_base_dir(DemoBaseConfig(steps=3, **TINY))
+    assert verify_demo_base(out, DemoBaseConfig(steps=3, **TINY)) == []
+    assert (out / "model.safetensors").read_bytes() == (built_base / "model.safetensors").read_bytes()
+    assert "shipped with dymoe" in capsys.readouterr().err
+    # a shipped base of another config is ignored: that config is pretrained
+    built = []
+    monkeypatch.setattr(base_mod, "_build", lambda out, config, progress: built.append(config) or out)
+    build_demo_base(steps=4, progress=False, **TINY)
+    assert built == [DemoBaseConfig(steps=4, **TINY)]
+    # --force never takes the shipped one
+    build_demo_base(steps=3, progress=False, force=True, **TINY)
+    assert built[-1] == DemoBaseConfig(steps=3, **TINY)
+
+
 def test_missing_manifest(tmp_path):
     assert verify_demo_base(tmp_path) == [f"{tmp_path / 'MANIFEST.json'}: missing"]
 

@@ -51,7 +51,9 @@ from dymoe.errors import ConfigError, DymoeError
 __all__ = [
     "BUILD_VERSION",
     "DemoBaseConfig",
+    "PACKAGED",
     "build_demo_base",
+    "export_demo_base",
     "demo_base_dir",
     "tokenizer_corpus",
     "verify_demo_base",
@@ -60,6 +62,9 @@ __all__ = [
 #: bump when the recipe changes in a way the config does not capture (changes every cache key)
 BUILD_VERSION = "1"
 MANIFEST = "MANIFEST.json"
+#: the base of the default config as shipped with dymoe (so that ``make demo`` on a fresh clone need not spend
+#: its budget pretraining); refresh it with ``dymoe prepare-demo --force --export src/dymoe/demo/assets/demo-base``
+PACKAGED = Path(__file__).parent / "assets" / "demo-base"
 
 
 @dataclass(frozen=True)
@@ -315,13 +320,15 @@ def build_demo_base(
         out_dir: target folder; ``None`` = the cache, ``<cache>/demo-base/<preset>-<key>`` (:func:`demo_base_dir`).
         seed: build seed (weights, captions, tokenizer corpus, batch order).
         steps: pretraining steps; ``None`` = :class:`DemoBaseConfig`'s default.
-        force: rebuild even if a verified base is there.
+        force: rebuild locally even if a verified base is there (never reuses the shipped one).
         progress: show progress bars (``None``: only on a terminal).
         **options: other :class:`DemoBaseConfig` fields (``preset``, ``batch_size``, ``lr``, ``num_scenes``, ...).
 
     Returns:
         The folder (absolute). An existing folder is reused only if :func:`verify_demo_base` finds it intact and
-        built with the same config; otherwise it is rebuilt (a message on stderr says why).
+        built with the same config; otherwise it is rebuilt (a message on stderr says why). When the target is
+        the cache and it holds no base, the base shipped with dymoe (:data:`PACKAGED`) is copied in instead of
+        building, if it verifies against the same config (so the default demo never pretrains on first use).
 
     Raises:
         ConfigError: an unknown option or an invalid value.
@@ -340,9 +347,41 @@ def build_demo_base(
               "rebuilding", file=sys.stderr)
     if out.exists() and not out.is_dir():
         raise DymoeError(f"{out} exists and is not a folder")
+    if out_dir is None and not force and not verify_demo_base(PACKAGED, config):
+        return _install_packaged(out)
     if progress is None:
         progress = sys.stderr.isatty()
     return _build(out, config, progress)
+
+
+def _install_packaged(out: Path) -> Path:
+    """Copy the shipped base (:data:`PACKAGED`) to ``out`` and check the copy."""
+    export_demo_base(PACKAGED, out)
+    problems = verify_demo_base(out)
+    if problems:  # a disk error while copying
+        raise DymoeError(f"copying the shipped demo base to {out} failed: {problems[0]}")
+    print(f"demo base: using the one shipped with dymoe (copied to {out}); "
+          "`dymoe prepare-demo --force` rebuilds it locally", file=sys.stderr)
+    return out
+
+
+def export_demo_base(source: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy a verified base folder ``source`` to ``dest`` (e.g. :data:`PACKAGED` when refreshing the shipped
+    base); ``dest`` is replaced. Raises :class:`DymoeError` if ``source`` does not verify."""
+    problems = verify_demo_base(source)
+    if problems:
+        raise DymoeError(f"{source} is not an intact demo base: {problems[0]}")
+    dest = Path(dest).expanduser().resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        shutil.copytree(source, tmp / "base")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp / "base", dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def _build(out: Path, config: DemoBaseConfig, progress: bool) -> Path:
