@@ -15,7 +15,7 @@ from dymoe.data.minicoin.tasks.base import GROUNDING_INSTRUCTION, SHORT_ANSWER, 
 from dymoe.data.minicoin.world import SceneObject
 from dymoe.demo import plan
 from dymoe.demo.base import DemoBaseConfig, build_demo_base, demo_base_dir, verify_demo_base
-from dymoe.demo.captions import caption_samples, describe_scene
+from dymoe.demo.captions import CAPTION_PROMPTS, _focus_scene, caption_samples, describe_scene
 from dymoe.errors import ConfigError
 from dymoe.eval.metrics import save_matrix
 
@@ -187,13 +187,35 @@ def test_captions_are_deterministic_and_varied():
     assert [s.caption for s in a] == [s.caption for s in b]
     assert np.array_equal(np.asarray(a[5].image), np.asarray(b[5].image))
     assert [s.caption for s in caption_samples(60, 1)] != [s.caption for s in a]
-    assert {s.kind for s in a} == {"scene", "sign", "cover"}
-    assert len({s.caption for s in a}) == 60
+    assert {s.kind for s in a} == {"scene", "sign", "cover", "text"}
+    assert all((s.image is None) == (s.kind == "text") for s in a)
+    whole = [s for s in a if s.prompt in CAPTION_PROMPTS]
+    assert 12 < len(whole) < 40  # about (1 - TEXT_RATE) * (1 - FOCUS_RATE) = 5/12 of the samples
+    assert len({s.caption for s in whole}) == len(whole)
+    assert len({s.prompt for s in a}) > 6
+
+
+def test_focused_descriptions_by_hand():
+    size = (64, 64)
+    objs = [SceneObject("circle", "red", (2, 2, 20, 20), "striped"), SceneObject("cross", "blue", (40, 36, 60, 60)),
+            SceneObject("circle", "white", (36, 4, 56, 24))]
+    assert _focus_scene(objs, size) == [
+        ("Describe the cross.", "The cross is blue, at the bottom right."),  # the circles are two: not asked
+        ("Describe the top left of the picture.", "At the top left there is a striped red circle."),
+        ("Describe the top right of the picture.", "At the top right there is a white circle."),
+        ("Describe the bottom left of the picture.", "There is nothing at the bottom left."),
+        ("Describe the bottom right of the picture.", "At the bottom right there is a blue cross."),
+        ("Describe how many things are in the picture.", "There are three objects."),
+    ]
 
 
 def test_caption_corpus_has_none_of_the_tasks_instructions_or_questions():
     samples = caption_samples(600, 0)
     texts = [f"{s.prompt}\n{s.caption}" for s in samples]
+    # the text-only samples know the word "unanswerable" (as any language model does); no image sample uses it
+    assert any("unanswerable" in t for s, t in zip(samples, texts) if s.image is None)
+    assert not any("unanswerable" in t for s, t in zip(samples, texts) if s.image is not None)
+    samples, texts = zip(*[(s, t) for s, t in zip(samples, texts) if "unanswerable" not in t])
     # every question/prompt line the eight task generators produce (train and test), plus the instructions
     forbidden = {SHORT_ANSWER, SQA_INSTRUCTION, GROUNDING_INSTRUCTION, "Options:", "Context:", "unanswerable"}
     for k, name in enumerate(TASK_NAMES):
@@ -205,7 +227,9 @@ def test_caption_corpus_has_none_of_the_tasks_instructions_or_questions():
     assert len(forbidden) > 40
     hits = [(f, t) for f in forbidden for t in texts if f in t]
     assert hits == []
-    assert not any("[0." in t for t in texts)  # no grounding boxes either
+    # no grounding boxes either: images never come with numbers in brackets, text lists have 2-3 numbers
+    assert not any("[0." in t for s, t in zip(samples, texts) if s.image is not None)
+    assert not any(s.caption.count(",") >= 3 for s in samples if "[" in s.caption)
 
 
 # ----------------------------------------------------------------------------------------------- demo assembly

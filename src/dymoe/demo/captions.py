@@ -7,6 +7,19 @@ letters of signs and book covers, the background) in several templates. None of 
 instructions or answer formats (lettered options, "single word or phrase", boxes, "unanswerable") appear; a test
 checks that.
 
+Half of the samples (``FOCUS_RATE``) ask instead for a *focused* description: of one object ("Describe the
+triangle."), of one part of the picture ("Describe the top left of the picture."), of the number of objects, of the
+writing on a sign or a cover. The answer is a full sentence in the same caption style. This is what makes the base
+read its prompt at all (a model pretrained only on "Describe the image." learns to ignore the text), the role
+Vicuna's language pretraining plays for LLaVA; none of it is a task's question or answer format.
+
+A sixth of the samples (``TEXT_RATE``) have no image: short sentences about words, numbers, names and yes/no facts
+(``text`` kind). They stand in for what the language model of a real LLaVA knows before any visual training: an
+answer word the base never produced ("yes", "7", "0.38", "zoo", "Travel", "unanswerable") has an untrained output
+row, and no adapter fine-tuning of the projections (LoRA or experts) fixes that in a few dozen steps. The lexicon
+(:data:`LEXICON`, :data:`NAMES`, :data:`BOOK_KINDS`) is a general one that contains mini-CoIN's answer words among
+others; no sample pairs an image with a task's question.
+
 Three kinds of images, drawn with :mod:`dymoe.data.minicoin.world` and the block font:
 
 * ``scene``: 1-4 objects (any shape, colour, pattern) in a 2×2 grid, sometimes darkened or blurred;
@@ -52,13 +65,35 @@ NUMBERS = ("zero", "one", "two", "three", "four")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 COVER = (240, 235, 220)
 KINDS = ("scene", "scene", "scene", "sign", "cover")  # drawn uniformly: 60% scenes, 20% signs, 20% covers
+#: probability that a sample asks for a focused description instead of the whole picture
+FOCUS_RATE = 0.5
+#: probability that a sample is text only (the ``text`` kind)
+TEXT_RATE = 1 / 6
+#: short English words (mini-CoIN's sign words among them)
+LEXICON: tuple[str, ...] = (
+    "bus", "cat", "dog", "sun", "top", "bar", "hot", "oak", "sea", "box", "zoo", "cab", "map", "jam", "fun", "red",
+    "pet", "go", "up", "ok", "art", "bag", "bed", "big", "car", "cup", "day", "egg", "fox", "hat", "ice", "jar",
+    "key", "log", "man", "net", "owl", "pen", "rat", "sky", "tea", "van", "war", "web", "yes", "zen", "no", "on",
+    "in", "at", "it", "we", "me", "by", "so", "to", "an", "of", "or", "if", "is", "be", "do", "he",
+)  # fmt: skip
+#: people's names (mini-CoIN's authors among them)
+NAMES: tuple[str, ...] = (
+    "Ada Kent", "Ben Lowe", "Cal Moss", "Dan Nash", "Eve Park", "Fay Rowe", "Gil Sato", "Hal Tate", "Ivy Ueda",
+    "Jon Vale", "Kim West", "Liv Yoon", "Max Bell", "Ned Cole", "Ola Diaz", "Pia Ford", "Ray Gray", "Sue Hill",
+)  # fmt: skip
+#: kinds of books (mini-CoIN's genres among them)
+BOOK_KINDS: tuple[str, ...] = ("Travel", "History", "Romance", "Cookbooks", "Sports", "Science", "Poetry", "Music",
+                               "Comics", "Law", "Health", "Children")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+CELLS = ("top left", "top right", "bottom left", "bottom right")
 
 
 @dataclass
 class CaptionSample:
-    """One pretraining pair: an RGB ``image`` (64×64, 64×48 or 48×64), a description ``prompt`` and a ``caption``."""
+    """One pretraining pair: an RGB ``image`` (64×64, 64×48 or 48×64; None for the ``text`` kind), a description
+    ``prompt`` and a ``caption``."""
 
-    image: Image.Image
+    image: Image.Image | None
     prompt: str
     caption: str
     kind: str
@@ -104,7 +139,27 @@ def describe_scene(objs: list[SceneObject], size: tuple[int, int], background: s
     raise ValueError(f"caption style must be 0, 1 or 2, got {style!r}")
 
 
-def _scene(rng: np.random.Generator) -> tuple[Image.Image, str]:
+def _focus_scene(objs: list[SceneObject], size: tuple[int, int]) -> list[tuple[str, str]]:
+    """Focused (request, description) pairs of a scene: each shape drawn once, each quadrant, the count."""
+    pairs = []
+    shapes = [o.shape for o in objs]
+    for o in objs:
+        if shapes.count(o.shape) == 1:
+            where = "in the middle" if _cell(o, size) == "middle" else f"at the {_cell(o, size)}"
+            look = o.colour if o.pattern == "plain" else f"{o.colour} and {o.pattern}"
+            pairs.append((f"Describe the {o.shape}.", f"The {o.shape} is {look}, {where}."))
+    for cell in CELLS:
+        here = [o for o in objs if _cell(o, size) == cell]
+        pairs.append((f"Describe the {cell} of the picture.",
+                      f"At the {cell} there is {_article(here[0].name)} {here[0].name}." if here
+                      else f"There is nothing at the {cell}."))
+    n = len(objs)
+    pairs.append(("Describe how many things are in the picture.",
+                  f"There {'is' if n == 1 else 'are'} {NUMBERS[n]} {'object' if n == 1 else 'objects'}."))
+    return pairs
+
+
+def _scene(rng: np.random.Generator) -> tuple[Image.Image, str, list[tuple[str, str]]]:
     size = (SQUARE, SQUARE, LANDSCAPE, PORTRAIT)[int(rng.integers(4))]
     n = int(rng.integers(1, 5))
     boxes = grid_boxes(rng, size, n, min_side=12, max_side=28)
@@ -119,17 +174,18 @@ def _scene(rng: np.random.Generator) -> tuple[Image.Image, str]:
     elif effect < 0.2:
         img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(1.0, 2.0))))
         caption += " The photo is blurry."
-    return img, caption
+    return img, caption, _focus_scene(objs, size)
 
 
 def _word(rng: np.random.Generator, n: int) -> str:
     return "".join(LETTERS[int(i)] for i in rng.integers(0, len(LETTERS), n))
 
 
-def _sign(rng: np.random.Generator) -> tuple[Image.Image, str]:
+def _sign(rng: np.random.Generator) -> tuple[Image.Image, str, list[tuple[str, str]]]:
     size = SQUARE if rng.random() < 0.6 else LANDSCAPE
     w, h = size
-    word = _word(rng, int(rng.integers(2, 4)))
+    known = rng.random() < 0.5  # half the signs show a word of the lexicon, half random letters
+    word = pick(rng, LEXICON).upper() if known else _word(rng, int(rng.integers(2, 4)))
     board, ink = pick(rng, (("white", "black"), ("yellow", "black"), ("green", "white"), ("blue", "white"),
                             ("red", "white"), ("orange", "black")))
     tw, th = text_size(word, 3, 3)
@@ -149,10 +205,16 @@ def _sign(rng: np.random.Generator) -> tuple[Image.Image, str]:
     draw_text(img, word, (px + 3, py + 3), scale=3, colour=PALETTE[ink], gap=3)
     caption = pick(rng, (f"A {board} sign with {ink} letters. The letters are {' '.join(word)}, spelling {word}.",
                          f"The {board} sign reads {word}: {' '.join(word)}."))
-    return img, caption + extra
+    if known:
+        caption += f" It is the word {word.lower()}."
+    focus = [("Describe the writing in the picture.", f"The sign reads {word}, spelled {' '.join(word)}."),
+             ("Describe the sign.", f"The sign is {board} with {ink} letters.")]
+    if known:
+        focus.append(("Describe the word on the sign.", f"The word is {word.lower()}."))
+    return img, caption + extra, focus
 
 
-def _cover(rng: np.random.Generator) -> tuple[Image.Image, str]:
+def _cover(rng: np.random.Generator) -> tuple[Image.Image, str, list[tuple[str, str]]]:
     w, h = PORTRAIT
     band = pick(rng, COLOURS[:6])
     title, initials = _word(rng, 3), _word(rng, 2)
@@ -170,13 +232,60 @@ def _cover(rng: np.random.Generator) -> tuple[Image.Image, str]:
         f"The cover of a book: a {band} stripe, the title {title} ({' '.join(title)}) and the initials "
         f"{' '.join(initials)}.",
     ))
-    return img, caption
+    focus = [("Describe the writing in the picture.",
+              f"The small letters say {title} and the big letters say {' '.join(initials)}."),
+             ("Describe the top of the cover.", f"There is {_article(band)} {band} band at the top.")]
+    return img, caption, focus
+
+
+def make_text_sample(rng: np.random.Generator) -> tuple[str, str]:
+    """One text-only (request, sentence) pair of the ``text`` kind: spelling, numbers, decimals and lists of them,
+    names, book kinds, yes/no facts about colours and shapes, the word "unanswerable"."""
+    kind = int(rng.integers(8))
+    if kind == 0:
+        w = pick(rng, LEXICON)
+        return f"Say the word spelled {' '.join(w.upper())}.", f"The word is {w}."
+    if kind == 1:
+        w = pick(rng, LEXICON)
+        return f"Spell the word {w}.", f"{w} is spelled {' '.join(w.upper())}."
+    if kind == 2:
+        n = int(rng.integers(11))
+        return f"Write {NUMBER_WORDS[n]} in digits.", f"{NUMBER_WORDS[n].capitalize()} is {n}."
+    if kind == 3:
+        if rng.random() < 0.5:
+            n = int(rng.integers(101))
+            return f"Write {n} hundredths as a decimal.", f"{n} hundredths is {n / 100:.2f}."
+        values = rng.integers(0, 101, int(rng.integers(2, 4)))  # 2-3 numbers: never a 4-number box
+        return ("Write " + ", ".join(f"{v} hundredths" for v in values) + " as a list.",
+                "[" + ", ".join(f"{v / 100:.2f}" for v in values) + "]")
+    if kind == 4:
+        return "Name an author.", f"{pick(rng, NAMES)} is an author."
+    if kind == 5:
+        return "Name a kind of book.", f"{pick(rng, BOOK_KINDS)} is a kind of book."
+    if kind == 6:
+        if rng.random() < 0.5:
+            c = pick(rng, COLOURS)
+            yes = rng.random() < 0.5
+            thing = c if yes else pick(rng, SHAPES)
+            return f"Say whether {thing} is a colour.", (f"yes, {thing} is a colour." if yes else
+                                                        f"no, {thing} is a shape, not a colour.")
+        yes = rng.random() < 0.5
+        thing = pick(rng, SHAPES) if yes else pick(rng, COLOURS)
+        return f"Say whether {thing} is a shape.", (f"Yes. {thing.capitalize()} is a shape." if yes else
+                                                   f"No. {thing.capitalize()} is a colour, not a shape.")
+    return "Describe a question that nobody can answer.", "Such a question is unanswerable."
 
 
 def make_caption_sample(rng: np.random.Generator) -> CaptionSample:
-    """One random image of the mini world with its description (see the module docstring for the kinds)."""
+    """One random image of the mini world with its description, whole or focused (see the module docstring)."""
+    if rng.random() < TEXT_RATE:
+        prompt, text = make_text_sample(rng)
+        return CaptionSample(None, prompt, text, "text")
     kind = pick(rng, KINDS)
-    img, caption = {"scene": _scene, "sign": _sign, "cover": _cover}[kind](rng)
+    img, caption, focus = {"scene": _scene, "sign": _sign, "cover": _cover}[kind](rng)
+    if rng.random() < FOCUS_RATE:
+        prompt, text = focus[int(rng.integers(len(focus)))]
+        return CaptionSample(img, prompt, text, kind)
     return CaptionSample(img, pick(rng, CAPTION_PROMPTS), caption, kind)
 
 

@@ -102,8 +102,9 @@ class TinyPreset:
 PRESETS: dict[str, TinyPreset] = {
     # 173k params (vocab 512): 16x16 image / 4x4 patches = 16 image tokens; vision 32 x 2; Llama 64 x 2.
     "test": TinyPreset(16, 4, 32, 2, 4, 64, 64, 2, 4, 128, vocab_target=512),
-    # 1.20M params (vocab 1024): 32x32 / 4x4 = 64 image tokens; vision 64 x 2; Llama 128 x 4 (laptop demo).
-    "demo": TinyPreset(32, 4, 64, 2, 4, 256, 128, 4, 4, 352, vocab_target=1024),
+    # 1.21M params (vocab 1024): 64x64 / 8x8 = 64 image tokens (mini-CoIN's images at full resolution, same cost
+    # as 32x32 / 4x4); vision 64 x 2; Llama 128 x 4 (laptop demo).
+    "demo": TinyPreset(64, 8, 64, 2, 4, 256, 128, 4, 4, 352, vocab_target=1024),
     # 5.47M params (vocab 1024): 64x64 / 8x8 = 64 image tokens; vision 64 x 2; Llama 256 x 6.
     "small": TinyPreset(64, 8, 64, 2, 4, 256, 256, 6, 8, 688, vocab_target=1024),
 }
