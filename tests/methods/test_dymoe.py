@@ -337,8 +337,8 @@ def test_inference_is_identical_with_tag_on_or_off():
     torch.testing.assert_close(eval_logits(model, adapter, on, batch), ref, atol=1e-6, rtol=1e-5)
 
 
-def _run_two_tasks(method, seed=0):
-    model, adapter = setup(method, seed=seed)
+def _run_two_tasks(method, seed=0, **cfg):
+    model, adapter = setup(method, seed=seed, **cfg)
     torch.manual_seed(123)  # dropout draws
     train_task(model, adapter, method, 0, BATCHES_1)
     train_task(model, adapter, method, 1, BATCHES_2)
@@ -353,6 +353,19 @@ def test_incmoelora_equals_dymoe_with_everything_off():
         assert torch.equal(ref[k], off[k]), k
     full = _run_two_tasks(DyMoE(DyMoE.Options(rsr_start=0.0)))
     assert any(not torch.equal(ref[k], full[k]) for k in ref)
+
+
+def test_degenerate_switch_loss_trains_exactly_like_incmoelora():
+    """The ablation's "+ L_aux" row with top-K covering the new group (the papers' 16 of 16, the demo's 4 of 4):
+    the Switch loss is the constant 1 with zero gradient, so the adapter is bit-identical to IncMoELoRA's."""
+    aux_only = {**OFF, "aux_type": "switch", "aux_weight": 1e-3}
+    ref = _run_two_tasks(IncMoELoRA(), top_k=4)
+    aux = _run_two_tasks(DyMoE(DyMoE.Options(**aux_only)), top_k=4)
+    assert all(torch.equal(ref[k], aux[k]) for k in ref)
+    # with top-3 of 4 new experts the loss is not constant and does change the router
+    ref3 = _run_two_tasks(IncMoELoRA(), top_k=3)
+    aux3 = _run_two_tasks(DyMoE(DyMoE.Options(**{**aux_only, "aux_weight": 1.0})), top_k=3)
+    assert any(not torch.equal(ref3[k], aux3[k]) for k in ref3)
 
 
 # ---------------------------------------------------------------------------- pruning
