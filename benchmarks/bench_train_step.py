@@ -194,6 +194,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--setups", default="frozen,peft_lora,incmoelora_t1,dymoe_t1,incmoelora_t8,dymoe_t8")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the setup list this many times, reversing its order every other round, and report "
+                         "the median over rounds (the first setup of a process runs slower: ratios need >= 2)")
     args = ap.parse_args()
     device = torch.device(args.device)
     args.preset = args.preset or ("7b" if device.type == "cuda" else "cpu")
@@ -201,10 +204,20 @@ def main() -> None:
     args.iters = args.iters or (10 if device.type == "cuda" else 3)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
-    results = {}
-    for setup in args.setups.split(","):
-        results[setup] = time_setup(setup, args, device, dtype)
-        print(json.dumps(results[setup]), flush=True)
+    results: dict = {}
+    order = args.setups.split(",")
+    per_round: dict[str, list[float]] = {s: [] for s in order}
+    for r in range(args.rounds):
+        for setup in order if r % 2 == 0 else order[::-1]:
+            res = time_setup(setup, args, device, dtype)
+            per_round[setup].append(res["ms_per_step"])
+            print(json.dumps({"round": r, **res}), flush=True)
+            results[setup] = res
+    for setup, values in per_round.items():
+        ms = statistics.median(values)
+        results[setup].update(ms_per_step=round(ms, 2), rounds_ms=values,
+                              tokens_per_s=round(results[setup]["tokens_per_s"] * results[setup]["ms_per_step"] / ms, 1),
+                              samples_per_s=round(args.batch / (ms / 1e3), 2))
     floor = results.get("frozen", {}).get("ms_per_step")
     if floor:
         for r in results.values():
@@ -216,7 +229,8 @@ def main() -> None:
     env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "preset": args.preset,
-        "batch": args.batch, "text_tokens": args.text_tokens, "iters": args.iters, "dtype": str(dtype),
+        "batch": args.batch, "text_tokens": args.text_tokens, "iters": args.iters, "rounds": args.rounds,
+        "dtype": str(dtype),
         "gradient_checkpointing": True,
     }
     print(json.dumps({"env": env, "results": results}, indent=1))
