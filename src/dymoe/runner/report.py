@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dymoe.analysis.plots import plot_accuracy_matrix, plot_radar, plot_task_curves
 from dymoe.errors import ConfigError, DataError, DymoeError
 from dymoe.eval.metrics import load_matrix, summarize
+from dymoe.io import read_yaml_mapping
 
 __all__ = [
     "COMPARE_METRICS",
@@ -120,17 +119,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: malformed YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping at the top level")
-    return data
+    """A run directory's ``config.yaml`` as a mapping; ``{}`` when there is none (errors name the file)."""
+    return read_yaml_mapping(path, "run config") if path.is_file() else {}
 
 
 def _sequence_from_config(config: Mapping[str, Any]) -> list[str] | None:
