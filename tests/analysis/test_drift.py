@@ -21,8 +21,8 @@ from dymoe.errors import ConfigError, DataError
 from dymoe.injection.inject import AdapterConfig, ExpertAdapter
 from dymoe.layers.context import RoutingContext
 from dymoe.layers.moe_lora import MoELoRALinear
-from dymoe.methods.dymoe import DyMoE, DyMoEOptions
-from dymoe.methods.dymoe_math import tag_decision
+from dymoe.methods.dymoe.functional import tag_decision
+from dymoe.methods.dymoe.method import DyMoE, DyMoEOptions
 
 
 # ---------------------------------------------------------------------------- pure helpers

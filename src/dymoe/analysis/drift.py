@@ -9,8 +9,8 @@ task 2 (TextVQA) is learned by LLaVA-DyMoE with ``method.token_mask_mode`` set t
 - ``only_ambiguous``: only *ambiguous* tokens may reach the new group;
 - ``tag``: DyMoE's Token Assignment Guidance (two-sided, as the method options say).
 
-Tokens are typed per wrapped module and forward by :func:`dymoe.methods.dymoe_math.tag_decision` (τ from the method
-options, 0.2) on the raw routing scores; DyMoE's :class:`~dymoe.methods.dymoe_stats.TokenTypeStats` counts them.
+Tokens are typed per wrapped module and forward by :func:`dymoe.methods.dymoe.functional.tag_decision` (τ from the method
+options, 0.2) on the raw routing scores; DyMoE's :class:`~dymoe.methods.dymoe.stats.TokenTypeStats` counts them.
 At ``evals`` evenly spaced optimizer steps of task 2 (through the trainer's ``on_step`` callback) both tasks are
 evaluated: **forgetting** = task-1 accuracy after task 1 − task-1 accuracy now, **gain** = task-2 accuracy now −
 task-2 accuracy at the start of task 2 (the new group starts with ``B = 0``, so that is the task-1 model's). The
@@ -51,8 +51,8 @@ from dymoe.analysis.plots import _save
 from dymoe.config import RunConfig
 from dymoe.errors import ConfigError, DataError
 from dymoe.io import atomic_write_json
-from dymoe.methods.dymoe_math import ANALYSIS_MODES
-from dymoe.methods.dymoe_stats import TOKEN_TYPES
+from dymoe.methods.dymoe.functional import ANALYSIS_MODES
+from dymoe.methods.dymoe.stats import TOKEN_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dymoe.cache import cache_dir
 from dymoe.data.coin import TrainSample
 from dymoe.data.collate import VLMCollator
 from dymoe.data.images import background_from_mean, expand2square
@@ -117,8 +118,6 @@ class DemoBaseConfig:
 
 def demo_base_dir(config: DemoBaseConfig) -> Path:
     """Where the base of ``config`` is cached: ``<cache>/demo-base/<preset>-<key>``."""
-    from dymoe.runner.resources import cache_dir
-
     return cache_dir() / "demo-base" / f"{config.preset}-{config.key}"
 
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from dymoe.layers.moe_lora import MoELoRALinear
+import torch.nn as nn
 
 
 @dataclass
@@ -37,7 +35,8 @@ class RoutingEvent:
     """What one layer saw in one forward.
 
     Attributes:
-        layer: the layer that routed (``layer.trainable_mask`` ``[E]`` tells new experts from frozen ones,
+        layer: the expert layer that routed, e.g. a :class:`~dymoe.layers.moe_lora.MoELoRALinear`
+            (``layer.trainable_mask`` ``[E]`` tells new experts from frozen ones,
             ``layer.expert_group`` ``[E]`` the group id of each expert).
         scores: raw scores ``[N, E]`` fp32, before policy and masks (still attached to the graph).
         adjusted: scores after the policy and group mask ``[N, E]`` (``-inf`` where not allowed).
@@ -45,7 +44,7 @@ class RoutingEvent:
         token_mask: ``[N]`` bool, true for real (non-pad) tokens, or None when unknown.
     """
 
-    layer: MoELoRALinear
+    layer: nn.Module
     scores: torch.Tensor
     adjusted: torch.Tensor
     weights: torch.Tensor
@@ -55,7 +54,7 @@ class RoutingEvent:
 class RoutingPolicy(Protocol):
     """Rewrites raw scores before top-K: ``policy(scores [N, E], layer) -> scores [N, E]`` (use ``-inf`` to mask)."""
 
-    def __call__(self, scores: torch.Tensor, layer: MoELoRALinear) -> torch.Tensor: ...
+    def __call__(self, scores: torch.Tensor, layer: nn.Module) -> torch.Tensor: ...
 
 
 Observer = Callable[[RoutingEvent], None]

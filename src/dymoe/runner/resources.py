@@ -6,23 +6,16 @@
   (:func:`dymoe.demo.base.build_demo_base`);
 - ``benchmark.file: minicoin`` generates (once, cached, checksummed) mini-CoIN at ``benchmark.minicoin_scale``.
 
-The cache lives in ``$DYMOE_CACHE`` or ``~/.cache/dymoe``; entries are keyed by their parameters and verified
-before reuse (a corrupted mini-CoIN is rebuilt).
+The cache lives in ``$DYMOE_CACHE`` or ``~/.cache/dymoe`` (:func:`dymoe.cache.cache_dir`); entries are keyed by
+their parameters and verified before reuse (a corrupted mini-CoIN is rebuilt).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from dymoe.cache import cache_dir
 from dymoe.errors import ConfigError
-
-
-def cache_dir() -> Path:
-    """The cache root (``$DYMOE_CACHE`` or ``~/.cache/dymoe``), created if needed."""
-    root = Path(os.environ.get("DYMOE_CACHE") or Path.home() / ".cache" / "dymoe")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def resolve_backbone_path(path: str) -> str:

@@ -9,7 +9,7 @@ experts are old, the rest new", which is how :class:`~dymoe.layers.MoELoRALinear
 experts first, the trainable group last). The int form slices columns instead of boolean-indexing them: the same
 numbers, but no device synchronisation and no gather, which is what the training hot path uses.
 
-The plugin :mod:`dymoe.methods.dymoe` wires these into the expert layers; nothing here knows about layers or tasks.
+The plugin :mod:`dymoe.methods.dymoe.method` wires these into the expert layers; nothing here knows about layers or tasks.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dymoe.methods.dymoe_math import (
+from dymoe.methods.dymoe.functional import (
     analysis_mask,
     group_maxima,
     least_activated,

@@ -11,7 +11,7 @@ On every task: the load-balancing loss ``aux`` over the new group (§6). Per-mod
 wrapped modules. Inference routes top-K over all experts with no constraint (unless the task router of §12.1 is on).
 With ``tag=False``, both RSR weights 0 and ``aux_type="none"`` this is exactly IncMoELoRA.
 
-The math lives in :mod:`dymoe.methods.dymoe_math`; this file only wires it to the expert layers. The layer reports
+The math lives in :mod:`dymoe.methods.dymoe.functional`; this file only wires it to the expert layers. The layer reports
 each forward's routing through an observer; losses are computed after the forward (gradient checkpointing safe).
 """
 
@@ -26,7 +26,7 @@ from dymoe.errors import CheckpointError, ConfigError, DymoeError
 from dymoe.layers.context import RoutingEvent
 from dymoe.layers.moe_lora import MoELoRALinear
 from dymoe.methods.base import StepInfo, TaskInfo
-from dymoe.methods.dymoe_math import (
+from dymoe.methods.dymoe.functional import (
     ANALYSIS_MODES,
     AUX_TYPES,
     analysis_mask,
@@ -36,8 +36,13 @@ from dymoe.methods.dymoe_math import (
     rsr_ramp,
     tag_decision,
 )
-from dymoe.methods.dymoe_router import ROUTER_MODES, embedding_features, nearest_prototype, task_group_mask
-from dymoe.methods.dymoe_stats import ExpertActivationStats, TokenTypeStats
+from dymoe.methods.dymoe.stats import ExpertActivationStats, TokenTypeStats
+from dymoe.methods.dymoe.task_router import (
+    ROUTER_MODES,
+    embedding_features,
+    nearest_prototype,
+    task_group_mask,
+)
 from dymoe.methods.incmoelora import IncMoELoRA
 
 PROTOTYPES_KEY = "task_prototypes"

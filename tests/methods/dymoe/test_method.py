@@ -22,11 +22,17 @@ from dymoe.layers.context import RoutingContext
 from dymoe.layers.functional import router_scores
 from dymoe.layers.moe_lora import MoELoRALinear
 from dymoe.methods import DyMoE, IncMoELoRA, StepInfo, TaskInfo, build_method
-from dymoe.methods.dymoe_math import analysis_mask, load_balance_loss, rsr_losses, tag_decision, tag_mask
+from dymoe.methods.dymoe.functional import (
+    analysis_mask,
+    load_balance_loss,
+    rsr_losses,
+    tag_decision,
+    tag_mask,
+)
 from dymoe.models.tiny import preset_config
 
 IMG = 4  # image token id of the tiny preset
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # all regularisers off: IncMoELoRA
 OFF = dict(tag=False, rsr_exc=0.0, rsr_spe=0.0, aux_type="none")
