@@ -15,9 +15,11 @@ def P(qid, text):
     return {"question_id": qid, "text": text}
 
 
-def test_registry_has_the_sixteen_names():
+def test_registry_has_the_sixteen_coin_names_and_the_peer_scorers():
     base = ["sqa", "textvqa", "imagenet", "gqa", "vizwiz", "grounding", "vqav2", "ocrvqa"]
-    assert SCORERS.names() == sorted(base + [f"{b}-strict" for b in base])
+    peers = ["cider", "grounding-1000", "choice-letter", "exact-match", "vqa-soft", "medvqa", "medvqa-llavamed",
+             "chartqa-relaxed", "chart-table-rms", "bleu4", "math"]
+    assert SCORERS.names() == sorted(base + [f"{b}-strict" for b in base] + peers)
 
 
 # ------------------------------------------------------------------------------------------- EvalAI normalisation
@@ -302,6 +304,7 @@ def test_empty_prediction_counts_as_the_reference_counts_it(name, ref, expected)
 
 @pytest.mark.parametrize("name", SCORERS.names())
 def test_prediction_without_text_is_a_data_error(name):
-    ref = {"question_id": 1, "answer": "A", "answers": ["a"] * 10, "answer_bbox": "[0,0,1,1]", "size": [1, 1]}
+    ref = {"question_id": 1, "answer": "A", "answers": ["a"] * 10, "answer_bbox": "[0,0,1,1]", "size": [1, 1],
+           "captions": ["a"], "bbox": [0, 0, 1, 1], "width": 1, "height": 1, "choices": ["a"], "table": "a | b"}
     with pytest.raises(DataError, match="'text'"):
         SCORERS.get(name)([{"question_id": 1}], [ref])

@@ -1,4 +1,5 @@
-"""The eight CoIN scorers (reference behaviour, quirks included) and their ``-strict`` variants.
+"""The scorer registry: the eight CoIN scorers (reference behaviour, quirks included) with their ``-strict``
+variants, and the peers' scorers (D-MoLE's nine tasks, SMoE's Medicine / Chart / Math domains).
 
 Every scorer is a pure function ``score(predictions, references, annotations=None) -> ScoreResult``; see
 :mod:`dymoe.eval.scorers.base` for the argument conventions. Side-file names per scorer are in
@@ -13,9 +14,14 @@ from typing import Any, Protocol
 
 from dymoe.errors import DataError
 from dymoe.eval.scorers.base import ScoreResult
+from dymoe.eval.scorers.caption import score_cider
+from dymoe.eval.scorers.chart import score_bleu4, score_chart_table_rms, score_chartqa_relaxed
+from dymoe.eval.scorers.dmole import score_choice_letter, score_exact_match, score_grounding_1000
 from dymoe.eval.scorers.gqa import score_gqa, score_gqa_strict
 from dymoe.eval.scorers.grounding import score_grounding, score_grounding_strict
 from dymoe.eval.scorers.imagenet import score_imagenet, score_imagenet_strict
+from dymoe.eval.scorers.mathqa import score_math
+from dymoe.eval.scorers.medvqa import score_medvqa, score_medvqa_llavamed
 from dymoe.eval.scorers.ocrvqa import score_ocrvqa, score_ocrvqa_strict
 from dymoe.eval.scorers.sqa import score_sqa, score_sqa_strict
 from dymoe.eval.scorers.textvqa import score_textvqa, score_textvqa_strict
@@ -48,6 +54,19 @@ SCORERS.add("vqav2", score_exact_upper)
 SCORERS.add("vqav2-strict", score_vqa_strict)
 SCORERS.add("ocrvqa", score_ocrvqa)
 SCORERS.add("ocrvqa-strict", score_ocrvqa_strict)
+# D-MoLE's benchmark (gcd19/D-MoLE eval/, see dymoe.eval.scorers.dmole and .caption)
+SCORERS.add("cider", score_cider)
+SCORERS.add("grounding-1000", score_grounding_1000)
+SCORERS.add("choice-letter", score_choice_letter)
+SCORERS.add("exact-match", score_exact_match)
+SCORERS.add("vqa-soft", score_textvqa)  # VQA soft accuracy over 10 inline answers (m4c evaluator; VizWiz-VQA)
+# SMoE's domains (see dymoe.eval.scorers.medvqa, .chart, .mathqa)
+SCORERS.add("medvqa", score_medvqa)
+SCORERS.add("medvqa-llavamed", score_medvqa_llavamed)
+SCORERS.add("chartqa-relaxed", score_chartqa_relaxed)
+SCORERS.add("chart-table-rms", score_chart_table_rms)
+SCORERS.add("bleu4", score_bleu4)
+SCORERS.add("math", score_math)
 
 # side files each scorer family reads (``annotations:`` keys in a benchmark YAML); the first is the default
 # key of a bare ``--annotations FILE``

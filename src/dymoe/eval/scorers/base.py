@@ -22,20 +22,33 @@ class ScoreResult:
     """The outcome of one scorer.
 
     Attributes:
-        accuracy: percent, ``100 * correct / n`` (0.0 when ``n == 0``).
+        accuracy: the *headline* number, the one an accuracy-matrix cell holds: percent ``100 * correct / n``
+            (0.0 when ``n == 0``) for the CoIN scorers; for scorers with several numbers it is the one named by
+            ``headline`` (e.g. CIDEr x 100, which may exceed 100).
         n: the denominator the scorer used (documented per scorer: predictions or references).
         correct: the (possibly fractional, e.g. TextVQA soft) number of correct samples.
-        details: scorer-specific extras, always with ``per_sample`` = ``{question_id: score in [0, 1]}``.
+        details: scorer-specific extras, always with ``per_sample`` = ``{question_id: score}`` (in [0, 1] unless the
+            scorer says otherwise, e.g. raw CIDEr).
+        metrics: further named numbers of the same score (e.g. Medicine's ``closed_accuracy`` and ``open_recall``,
+            math's per-dataset accuracies); empty for the CoIN scorers.
+        headline: the name of the number in ``accuracy`` (``"accuracy"`` for the CoIN scorers).
     """
 
     accuracy: float
     n: int
     correct: float
     details: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    headline: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``accuracy``, ``n``, ``correct`` and the details)."""
-        return {"accuracy": self.accuracy, "n": self.n, "correct": self.correct, **self.details}
+        """A JSON-ready dict (``accuracy``, ``n``, ``correct`` and the details; ``headline`` and ``metrics`` only
+        for scorers that report several numbers, so the CoIN scorers' output is unchanged)."""
+        out = {"accuracy": self.accuracy, "n": self.n, "correct": self.correct, **self.details}
+        if self.metrics or self.headline != "accuracy":
+            out["headline"] = self.headline
+            out["metrics"] = dict(self.metrics)
+        return out
 
 
 def make_result(per_sample: list[tuple[Any, float]], n: int | None = None, **details: Any) -> ScoreResult:
@@ -45,6 +58,15 @@ def make_result(per_sample: list[tuple[Any, float]], n: int | None = None, **det
     accuracy = 100.0 * correct / n if n else 0.0
     per = {str(qid): float(s) for qid, s in per_sample}
     return ScoreResult(accuracy=accuracy, n=n, correct=correct, details={**details, "per_sample": per})
+
+
+def with_headline(result: ScoreResult, headline: str, metrics: dict[str, float], value: float | None = None) -> ScoreResult:
+    """Name the headline number of ``result`` and attach its other numbers; ``value`` replaces ``accuracy``."""
+    result.headline = headline
+    result.metrics = {k: float(v) for k, v in metrics.items()}
+    if value is not None:
+        result.accuracy = float(value)
+    return result
 
 
 def qid_key(qid: Any) -> str:
