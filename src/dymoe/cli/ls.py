@@ -8,6 +8,9 @@ import importlib
 REGISTRIES = [
     ("scorers", "dymoe.eval.scorers", "SCORERS"),
     ("methods", "dymoe.methods", "METHODS"),
+    ("metric definitions", "dymoe.eval.metrics", "METRICS"),
+    ("converters", "dymoe.data.convert", "CONVERTERS"),
+    ("eval-set formats", "dymoe.data.formats", "FORMATS"),
 ]
 
 

@@ -1,17 +1,21 @@
-"""``dymoe metrics MATRIX.json [--json]``: MFT, MFN, MAA, BWT (+ forgetting) of an accuracy matrix."""
+"""``dymoe metrics MATRIX.json [--definition coin|cmoe|dmole] [--json]``: the continual-learning aggregates of an
+accuracy matrix (CoIN's MFT/MFN/MAA/BWT + forgetting by default; LLaVA-CMoE's or D-MoLE's definitions on request)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from dymoe.eval.metrics import load_matrix, summarize
+from dymoe.errors import DataError
+from dymoe.eval.metrics import METRICS, load_matrix, summarize
 
 
 def register(sub) -> None:
     """Add the subcommand's parser to ``sub`` (the ``dymoe`` subparsers)."""
     p = sub.add_parser("metrics", help="MFT/MFN/MAA/BWT of a lower-triangular accuracy matrix")
     p.add_argument("matrix", help='JSON {"tasks": [...], "accuracy": [[a11], [a21, a22], ...]} (percent)')
+    p.add_argument("--definition", default="coin", choices=METRICS.names(),
+                   help="which paper's aggregates: coin (default), cmoe, dmole (needs a full matrix)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -32,6 +36,18 @@ def format_table(tasks: list[str], matrix: list[list[float]], summary: dict) -> 
 def run(args: argparse.Namespace) -> int:
     """Run the command: load and validate the matrix, print the table (or one JSON object with --json)."""
     tasks, matrix = load_matrix(args.matrix)
+    definition = getattr(args, "definition", "coin")
+    full = len(matrix) > 1 and all(len(r) == len(tasks) for r in matrix)
+    if definition == "dmole":
+        if not full:
+            raise DataError(f"{args.matrix}: D-MoLE's metrics need the full matrix (every task after every stage)")
+    elif full:
+        matrix = [r[: j + 1] for j, r in enumerate(matrix)]  # the seen-task part of a full matrix
+    if definition != "coin":
+        summary = METRICS.get(definition)(matrix)
+        print(json.dumps({"tasks": tasks[: len(matrix)], "definition": definition, **summary},
+                         indent=None if args.json else 1))
+        return 0
     summary = summarize(matrix)
     if args.json:
         print(json.dumps({"tasks": tasks[: len(matrix)], **summary}))
