@@ -29,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from dymoe.data.images import load_image, resolve_image
-from dymoe.data.tasks import TaskSpec, normalize_instruction_type
+from dymoe.data.tasks import EvalSet, TaskSpec, TrainFile, normalize_instruction_type
 from dymoe.data.templates import rewrite_prompt
 from dymoe.errors import DataError
 from dymoe.eval.scorers import read_json
@@ -47,6 +47,7 @@ class TrainSample:
     id: str
     image: Path | None
     turns: list[tuple[str, str]]
+    source: str | None = None  # the training file's ``source`` label (peers' multi-file tasks)
 
 
 @dataclass
@@ -80,10 +81,21 @@ class TrainSet(list):
 
 
 def read_json_rows(path: Path) -> list[dict]:
-    """Parse a JSON list of objects; malformed JSON, a non-list or a non-object row raises :class:`DataError`."""
+    """Parse a JSON list of objects (or, for a ``.jsonl`` file, one object per line); malformed JSON, a non-list or
+    a non-object row raises :class:`DataError`."""
+    path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            if path.suffix == ".jsonl":
+                data = []
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            data.append(json.loads(line))
+                        except json.JSONDecodeError as err:
+                            raise DataError(f"{path} line {n}: malformed JSON: {err.msg}") from None
+            else:
+                data = json.load(f)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
@@ -101,7 +113,8 @@ def strip_image_token(text: str) -> str:
     return text.replace(IMAGE_TOKEN + "\n", "").replace("\n" + IMAGE_TOKEN, "").replace(IMAGE_TOKEN, "").strip()
 
 
-def _image(row: dict, task: TaskSpec, where: str, check_images: bool, decode: bool = False) -> Path | None:
+def _image(row: dict, task, where: str, check_images: bool, decode: bool = False) -> Path | None:
+    """The resolved ``image`` of ``row`` under ``task.image_root`` (a TaskSpec, TrainFile or EvalSet)."""
     if "image" not in row or row["image"] is None:
         return None
     path = resolve_image(task.image_root, row["image"], where=where)
@@ -113,13 +126,21 @@ def _image(row: dict, task: TaskSpec, where: str, check_images: bool, decode: bo
 
 
 def parse_train_row(
-    row: dict, index: int, task: TaskSpec, *, check_images: bool = True, decode_images: bool = False
+    row: dict,
+    index: int,
+    task: TaskSpec,
+    *,
+    check_images: bool = True,
+    decode_images: bool = False,
+    file: TrainFile | None = None,
 ) -> tuple[str, Path | None, list[tuple[str, str]]]:
     """Validate one LLaVA conversation row; returns ``(id, image, turns)`` or raises :class:`DataError`.
 
     ``check_images`` checks that the image exists; ``decode_images`` decodes it (slower, implies the check).
+    ``file`` is the training file the row comes from (default: the task's first).
     """
-    where = f"{task.train} row {index}"
+    file = file if file is not None else task.train_files[0]
+    where = f"{file.path} row {index}"
     conv = row.get("conversations")
     if not isinstance(conv, list) or not conv:
         raise DataError(f"{where}: missing or empty 'conversations' list")
@@ -130,7 +151,7 @@ def parse_train_row(
         want = "human" if k % 2 == 0 else "gpt"
         if not isinstance(msg, dict) or msg.get("from") != want or not isinstance(msg.get("value"), str):
             raise DataError(f"{where}: conversations[{k}] must be {{'from': '{want}', 'value': <string>}}")
-    image = _image(row, task, where, check_images, decode_images)
+    image = _image(row, file, where, check_images, decode_images)
     has_token = any(IMAGE_TOKEN in m["value"] for m in conv)
     if has_token and image is None:
         raise DataError(f"{where}: the text contains '<image>' but the row has no 'image' field")
@@ -148,7 +169,7 @@ def load_train(
     check_images: bool = True,
     decode_images: bool = False,
 ) -> TrainSet:
-    """Load a task's training conversations.
+    """Load a task's training conversations: every training file in order, each repeated as its ``repeat`` says.
 
     Args:
         instruction_type: ``origin`` | ``diverse`` | ``10type``: rewrites the Origin instruction at the end of each
@@ -166,29 +187,46 @@ def load_train(
     rng = random.Random(seed)
     samples: list[TrainSample] = []
     skipped: list[SkippedRow] = []
-    rows = read_json_rows(task.train)
-    for i, row in enumerate(tqdm(rows, desc=f"{task.name} train", disable=None, leave=False)):
-        try:
-            sid, image, turns = parse_train_row(row, i, task, check_images=check_images, decode_images=decode_images)
-        except DataError as err:
-            if not skip_invalid:
-                raise
-            skipped.append(SkippedRow(i, str(row["id"]) if "id" in row else None, str(err)))
-            continue
-        turns = [(rewrite_prompt(u, task.name, itype, rng), a) for u, a in turns]
-        samples.append(TrainSample(sid, image, turns))
-    if skipped:
-        shown = ", ".join(str(s.index) for s in skipped[:20]) + (" ..." if len(skipped) > 20 else "")
-        log.warning("%s: skipped %d invalid rows (rows %s)", task.train, len(skipped), shown)
+    for file in task.train_files:
+        n_skipped = len(skipped)
+        rows = read_json_rows(file.path)
+        file_samples: list[TrainSample] = []
+        for i, row in enumerate(tqdm(rows, desc=f"{task.name} train", disable=None, leave=False)):
+            try:
+                sid, image, turns = parse_train_row(
+                    row, i, task, check_images=check_images, decode_images=decode_images, file=file
+                )
+            except DataError as err:
+                if not skip_invalid:
+                    raise
+                skipped.append(SkippedRow(i, str(row["id"]) if "id" in row else None, str(err)))
+                continue
+            turns = [(rewrite_prompt(u, task.name, itype, rng), a) for u, a in turns]
+            file_samples.append(TrainSample(sid, image, turns, file.source))
+        samples += apply_repeat(file_samples, file.repeat, seed)
+        mine = skipped[n_skipped:]
+        if mine:
+            shown = ", ".join(str(s.index) for s in mine[:20]) + (" ..." if len(mine) > 20 else "")
+            log.warning("%s: skipped %d invalid rows (rows %s)", file.path, len(mine), shown)
     return TrainSet(samples, skipped)
+
+
+def apply_repeat(samples: list, repeat: float, seed: int) -> list:
+    """InternVL's ``repeat_time``: ``k >= 1`` (an integer) repeats the list ``k`` times; a fraction in (0, 1) keeps
+    ``int(len * repeat)`` samples drawn with ``random.Random(seed)`` (in their original order)."""
+    if repeat >= 1:
+        return list(samples) * int(repeat)
+    keep = sorted(random.Random(seed).sample(range(len(samples)), int(len(samples) * repeat)))
+    return [samples[i] for i in keep]
 
 
 # ---------------------------------------------------------------------------------------------------------- test
 SIDE_KEYS = {"sqa": "problems", "textvqa": "annotations", "gqa": "questions"}
 
 
-def load_side_index(task: TaskSpec) -> dict[str, dict] | None:
-    """``{question_id (str): side-file entry}`` for the task's scorer, or ``None`` (fallback to inline answers)."""
+def load_side_index(task: TaskSpec | EvalSet) -> dict[str, dict] | None:
+    """``{question_id (str): side-file entry}`` for the scorer of a task (its first evaluation set) or of a
+    ``coin``-format evaluation set, or ``None`` (fallback to inline answers)."""
     base = task.scorer.removesuffix("-strict")
     key = SIDE_KEYS.get(base)
     if key is None or key not in task.annotations:
@@ -221,7 +259,24 @@ def _check_truth(row: dict, scorer: str, where: str) -> None:
 
 
 def load_test(task: TaskSpec, *, instruction_type: str = "origin", seed: int = 0) -> list[TestSample]:
-    """Load a task's test questions with their references (see the module docstring for side files).
+    """Load a task's test questions with their references: its *first* evaluation set (the only one of a CoIN
+    task; :func:`load_eval_set` reads any of them). See the module docstring for side files."""
+    return load_eval_set(task, task.eval_sets[0], instruction_type=instruction_type, seed=seed)
+
+
+def load_eval_set(
+    task: TaskSpec, eval_set: EvalSet, *, instruction_type: str = "origin", seed: int = 0
+) -> list[TestSample]:
+    """Load one evaluation set of ``task`` through its format (:data:`dymoe.data.formats.FORMATS`)."""
+    from dymoe.data.formats import FORMATS
+
+    return FORMATS.get(eval_set.format).load(task, eval_set, instruction_type=instruction_type, seed=seed)
+
+
+def load_coin_test(
+    task: TaskSpec, eval_set: EvalSet, *, instruction_type: str = "origin", seed: int = 0
+) -> list[TestSample]:
+    """CoIN test rows (format ``coin``).
 
     Raises :class:`DataError` naming the file and row for malformed JSON, a missing ``question_id``/``text``, a
     missing ground-truth field (when no side file provides it), an escaping or missing image path, or a question
@@ -229,10 +284,10 @@ def load_test(task: TaskSpec, *, instruction_type: str = "origin", seed: int = 0
     """
     itype = normalize_instruction_type(instruction_type, "load_test")
     rng = random.Random(seed)
-    side = load_side_index(task)
+    side = load_side_index(eval_set)
     out = []
-    for i, row in enumerate(read_json_rows(task.test)):
-        where = f"{task.test} row {i}"
+    for i, row in enumerate(read_json_rows(eval_set.path)):
+        where = f"{eval_set.path} row {i}"
         for key in ("question_id", "text"):
             if key not in row:
                 raise DataError(f"{where}: missing field {key!r}")
@@ -245,8 +300,8 @@ def load_test(task: TaskSpec, *, instruction_type: str = "origin", seed: int = 0
                 raise DataError(f"{where}: question_id {row['question_id']!r} is not in the side file")
             ref["annotation"] = entry
         else:
-            _check_truth(row, task.scorer, where)
-        image = _image(row, task, where, check_images=True)
+            _check_truth(row, eval_set.scorer, where)
+        image = _image(row, eval_set, where, check_images=True)
         prompt = rewrite_prompt(strip_image_token(row["text"]), task.name, itype, rng)
         out.append(TestSample(row["question_id"], image, prompt, ref))
     return out

@@ -10,6 +10,22 @@ Schema (see ``configs/benchmarks/coin.yaml``)::
     tasks:
       - {name, train, test, image_root, scorer, annotations: {key: path}}   # paths relative to data_root
 
+The peers' benchmarks (``configs/benchmarks/dmole9.yaml``, ``smoe3.yaml``) use the general form of a task: several
+training files, several evaluation sets (each with its own format, scorer, image root, side files and generation
+length) and per-task epochs::
+
+      - name: Medicine
+        image_root: medicine          # default image root of the task's files and sets
+        epochs: 2                     # optional: overrides training.epochs for this task
+        train:                        # a path, or a list of paths / mappings
+          - {path: medicine/vqa_rad_train.json, source: VQA-RAD, repeat: 1, image_root: ...}
+        eval:                         # instead of test/scorer/annotations
+          - {name: VQA-RAD, path: medicine/vqa_rad_test.json, scorer: medvqa, format: coin,
+             max_new_tokens: 64, min_new_tokens: 1, prompt: null, annotations: {key: path}, image_root: ...}
+
+A CoIN task (one ``train`` file, ``test`` + ``scorer`` + ``annotations``) is the degenerate case: one
+:class:`TrainFile` and one :class:`EvalSet` of format ``coin``.
+
 Without ``orders``, ``origin`` is the listed order, ``reverse`` its reverse and ``alphabet`` the case-insensitive
 sort of the names (which gives CoIN's alphabet order GQA, Grounding, ImageNet, OCRVQA, ScienceQA, TextVQA,
 VizWiz, VQAv2).
@@ -27,12 +43,76 @@ from dymoe.io import read_yaml_mapping
 
 INSTRUCTION_TYPES = ("origin", "diverse", "10type")
 _TOP_KEYS = {"name", "instruction_type", "data_root", "order", "orders", "tasks"}
-_TASK_KEYS = {"name", "train", "test", "image_root", "scorer", "annotations"}
+_TASK_KEYS = {"name", "train", "test", "image_root", "scorer", "annotations", "eval", "epochs"}
+_TRAIN_KEYS = {"path", "image_root", "repeat", "source"}
+_EVAL_KEYS = {"name", "path", "image_root", "scorer", "format", "annotations", "max_new_tokens", "min_new_tokens",
+              "prompt"}
+
+
+@dataclass
+class TrainFile:
+    """One training file of a task (LLaVA conversation rows, a JSON list or JSONL).
+
+    Attributes:
+        path: the file.
+        image_root: the directory its rows' ``image`` paths are relative to.
+        repeat: InternVL's ``repeat_time``: an integer ``k >= 1`` repeats the rows ``k`` times; a fraction in
+            (0, 1) keeps that share of them (seeded random subset).
+        source: a dataset label (e.g. ``"VQA-RAD"``) carried by each sample, for per-source accounting.
+    """
+
+    path: Path
+    image_root: Path
+    repeat: float = 1
+    source: str | None = None
+
+
+@dataclass
+class EvalSet:
+    """One evaluation set of a task.
+
+    Attributes:
+        name: its label (the task name for a CoIN task).
+        path: the test file.
+        image_root: the directory its ``image`` paths are relative to.
+        scorer: a key of :data:`dymoe.eval.scorers.SCORERS`.
+        format: how the file is read, a key of :data:`dymoe.data.formats.FORMATS` (``coin`` = CoIN's test rows).
+        annotations: side files: for ``coin`` the scorer's (``ANNOTATION_KEYS``), for other formats read by the
+            format and merged into the references.
+        max_new_tokens / min_new_tokens: generation length for this set (``None`` = the run's setting).
+        prompt: a format-specific prompt (instruction suffix or template); ``None`` = the format's default.
+    """
+
+    name: str
+    path: Path
+    image_root: Path
+    scorer: str
+    format: str = "coin"
+    annotations: dict[str, Path] = field(default_factory=dict)
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    prompt: str | None = None
+
+    @property
+    def scorer_annotations(self) -> dict[str, Path]:
+        """The side files the *scorer* reads (``coin`` format only; other formats merge theirs into the rows)."""
+        return dict(self.annotations) if self.format == "coin" else {}
 
 
 @dataclass
 class TaskSpec:
-    """One CoIN task with absolute paths (resolved against the benchmark's ``data_root``)."""
+    """One task with absolute paths (resolved against the benchmark's ``data_root``).
+
+    ``train_files`` and ``eval_sets`` are the full description; ``train``, ``test``, ``image_root``, ``scorer`` and
+    ``annotations`` describe the *first* training file and the *first* evaluation set (for a CoIN task, the only
+    ones). Built from the legacy fields alone, the lists hold one entry each.
+
+    What the runner consumes today (until issue 16b wires the rest): :func:`dymoe.data.coin.load_train` reads
+    **every** training file (with its ``repeat``); evaluation, the scorer and its side files use the first
+    evaluation set only (``load_test``, ``scorer``, ``annotations``). Not consumed yet: ``epochs``, the second and
+    later evaluation sets, and each set's ``max_new_tokens`` / ``min_new_tokens`` (the run's
+    ``evaluation.max_new_tokens`` applies).
+    """
 
     name: str
     train: Path
@@ -40,6 +120,28 @@ class TaskSpec:
     image_root: Path
     scorer: str
     annotations: dict[str, Path] = field(default_factory=dict)
+    train_files: list[TrainFile] = field(default_factory=list)
+    eval_sets: list[EvalSet] = field(default_factory=list)
+    epochs: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.train_files:
+            self.train_files = [TrainFile(self.train, self.image_root)]
+        if not self.eval_sets:
+            self.eval_sets = [EvalSet(self.name, self.test, self.image_root, self.scorer, "coin",
+                                      dict(self.annotations))]
+
+    @property
+    def is_coin(self) -> bool:
+        """One training file and one ``coin``-format evaluation set (what CoIN and mini-CoIN tasks are)."""
+        return len(self.train_files) == 1 and len(self.eval_sets) == 1 and self.eval_sets[0].format == "coin"
+
+    def eval_set(self, name: str) -> EvalSet:
+        """The evaluation set called ``name`` (ConfigError with the known names otherwise)."""
+        for es in self.eval_sets:
+            if es.name == name:
+                return es
+        raise ConfigError(f"task {self.name!r} has no evaluation set {name!r}; sets: {[e.name for e in self.eval_sets]}")
 
 
 @dataclass
@@ -78,29 +180,120 @@ def _str(value: Any, where: str) -> str:
     return value
 
 
-def _task(raw: Any, idx: int, root: Path, path: Path) -> TaskSpec:
-    where = f"{path}: tasks[{idx}]"
+def _keys(raw: Any, allowed: set[str], where: str) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping")
-    unknown = set(raw) - _TASK_KEYS
+    unknown = set(raw) - allowed
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; expected {sorted(_TASK_KEYS)}")
-    for key in ("name", "train", "test", "image_root", "scorer"):
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; expected {sorted(allowed)}")
+    return raw
+
+
+def _scorer(value: Any, where: str) -> str:
+    scorer = _str(value, where)
+    if scorer not in SCORERS:
+        raise ConfigError(f"{where}: unknown scorer {scorer!r}; known: {', '.join(SCORERS.names())}")
+    return scorer
+
+
+def _paths(raw: Any, root: Path, where: str) -> dict[str, Path]:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of name → path")
+    return {str(k): root / _str(v, f"{where}.{k}") for k, v in raw.items()}
+
+
+def _positive(value: Any, where: str, *, integer: bool = False, allow_none: bool = True):
+    if value is None and allow_none:
+        return None
+    ok_type = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or value <= 0:
+        raise ConfigError(f"{where}: expected a positive {'integer' if integer else 'number'}, got {value!r}")
+    return value
+
+
+def _train_files(raw: Any, default_root: Path | None, root: Path, where: str) -> list[TrainFile]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise ConfigError(f"{where}: expected a path or a non-empty list of training files")
+    out = []
+    for k, item in enumerate(items):
+        w = f"{where}[{k}]" if isinstance(raw, list) else where
+        item = {"path": item} if isinstance(item, str) else _keys(item, _TRAIN_KEYS, w)
+        if "path" not in item:
+            raise ConfigError(f"{w}: missing key 'path'")
+        image_root = root / _str(item["image_root"], f"{w}.image_root") if "image_root" in item else default_root
+        if image_root is None:
+            raise ConfigError(f"{w}: no image_root (give one here or on the task)")
+        repeat = _positive(item.get("repeat", 1), f"{w}.repeat")
+        if repeat > 1 and repeat != int(repeat):
+            raise ConfigError(f"{w}.repeat: above 1 it must be an integer (InternVL's repeat_time), got {repeat}")
+        source = item.get("source")
+        out.append(TrainFile(root / _str(item["path"], f"{w}.path"), image_root, repeat,
+                             None if source is None else _str(source, f"{w}.source")))
+    return out
+
+
+def _eval_sets(raw: Any, default_root: Path | None, root: Path, where: str) -> list[EvalSet]:
+    from dymoe.data.formats import FORMATS  # the format registry is the source of truth for format names
+
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: expected a non-empty list of evaluation sets")
+    out = []
+    for k, item in enumerate(raw):
+        w = f"{where}[{k}]"
+        item = _keys(item, _EVAL_KEYS, w)
+        for key in ("name", "path", "scorer"):
+            if key not in item:
+                raise ConfigError(f"{w}: missing key {key!r}")
+        image_root = root / _str(item["image_root"], f"{w}.image_root") if "image_root" in item else default_root
+        if image_root is None:
+            raise ConfigError(f"{w}: no image_root (give one here or on the task)")
+        fmt = _str(item.get("format", "coin"), f"{w}.format")
+        if fmt not in FORMATS:
+            raise ConfigError(f"{w}.format: unknown format {fmt!r}; known: {', '.join(FORMATS.names())}")
+        prompt = item.get("prompt")
+        out.append(EvalSet(
+            name=_str(item["name"], f"{w}.name"),
+            path=root / _str(item["path"], f"{w}.path"),
+            image_root=image_root,
+            scorer=_scorer(item["scorer"], f"{w}.scorer"),
+            format=fmt,
+            annotations=_paths(item.get("annotations"), root, f"{w}.annotations"),
+            max_new_tokens=_positive(item.get("max_new_tokens"), f"{w}.max_new_tokens", integer=True),
+            min_new_tokens=_positive(item.get("min_new_tokens"), f"{w}.min_new_tokens", integer=True),
+            prompt=None if prompt is None else _str(prompt, f"{w}.prompt"),
+        ))
+    names = [e.name for e in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: evaluation set names repeat: {names}")
+    return out
+
+
+def _task(raw: Any, idx: int, root: Path, path: Path) -> TaskSpec:
+    where = f"{path}: tasks[{idx}]"
+    raw = _keys(raw, _TASK_KEYS, where)
+    required = ("name", "train") if "eval" in raw else ("name", "train", "test", "image_root", "scorer")
+    for key in required:
         if key not in raw:
             raise ConfigError(f"{where}: missing key {key!r}")
-    scorer = _str(raw["scorer"], f"{where}.scorer")
-    if scorer not in SCORERS:
-        raise ConfigError(f"{where}.scorer: unknown scorer {scorer!r}; known: {', '.join(SCORERS.names())}")
-    ann = raw.get("annotations") or {}
-    if not isinstance(ann, dict):
-        raise ConfigError(f"{where}.annotations: expected a mapping of name → path")
+    name = _str(raw["name"], f"{where}.name")
+    default_root = root / _str(raw["image_root"], f"{where}.image_root") if "image_root" in raw else None
+    train_files = _train_files(raw["train"], default_root, root, f"{where}.train")
+    if "eval" in raw:
+        clash = sorted({"test", "scorer", "annotations"} & set(raw))
+        if clash:
+            raise ConfigError(f"{where}: give either 'eval' or {clash}, not both")
+        eval_sets = _eval_sets(raw["eval"], default_root, root, f"{where}.eval")
+    else:
+        eval_sets = [EvalSet(name, root / _str(raw["test"], f"{where}.test"), default_root,
+                             _scorer(raw["scorer"], f"{where}.scorer"), "coin",
+                             _paths(raw.get("annotations"), root, f"{where}.annotations"))]
+    first, es = train_files[0], eval_sets[0]
     return TaskSpec(
-        name=_str(raw["name"], f"{where}.name"),
-        train=root / _str(raw["train"], f"{where}.train"),
-        test=root / _str(raw["test"], f"{where}.test"),
-        image_root=root / _str(raw["image_root"], f"{where}.image_root"),
-        scorer=scorer,
-        annotations={str(k): root / _str(v, f"{where}.annotations.{k}") for k, v in ann.items()},
+        name=name, train=first.path, test=es.path, image_root=default_root or first.image_root, scorer=es.scorer,
+        annotations=es.scorer_annotations, train_files=train_files, eval_sets=eval_sets,
+        epochs=_positive(raw.get("epochs"), f"{where}.epochs"),
     )
 
 

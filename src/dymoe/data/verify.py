@@ -90,8 +90,14 @@ def verify_task(task: TaskSpec, *, decode: bool = True) -> list[Problem]:
 
 
 def verify_benchmark(bench: Benchmark, *, decode: bool = True) -> list[Problem]:
-    """Problems of every task of a benchmark (empty list = all good)."""
+    """Problems of every task of a benchmark (empty list = all good); the peers' multi-file / multi-set tasks are
+    checked by :func:`dymoe.data.verify_sets.verify_task_sets`."""
     out: list[Problem] = []
     for task in bench.tasks:
-        out += verify_task(task, decode=decode)
+        if task.is_coin:
+            out += verify_task(task, decode=decode)
+        else:
+            from dymoe.data.verify_sets import verify_task_sets
+
+            out += verify_task_sets(task, decode=decode)
     return out
