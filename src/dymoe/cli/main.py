@@ -22,6 +22,7 @@ COMMANDS: list[str] = [
     "dymoe.cli.score",
     "dymoe.cli.metrics",
     "dymoe.cli.verify_data",
+    "dymoe.cli.convert",
     "dymoe.cli.make_minicoin",
     "dymoe.cli.report",
     "dymoe.cli.compare",

@@ -246,9 +246,15 @@ def load_side_index(task: TaskSpec | EvalSet) -> dict[str, dict] | None:
     return {str(k): v for k, v in data.items()}
 
 
+# ground-truth fields of the peers' scorers when their sets are written in the coin format
+_TRUTH_FIELDS = {"chart-table-rms": ("table",), "cider": ("captions",), "grounding-1000": ("bbox", "width", "height")}
+
+
 def _check_truth(row: dict, scorer: str, where: str) -> None:
     base = scorer.removesuffix("-strict")
-    if base == "grounding":
+    if base in _TRUTH_FIELDS:
+        missing = [k for k in _TRUTH_FIELDS[base] if k not in row]
+    elif base == "grounding":
         missing = [k for k in ("answer_bbox", "size") if k not in row]
     elif base == "textvqa":
         missing = [] if ("answers" in row or "answer" in row) else ["answers"]
