@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from dymoe.data.coin import TestSample as CoinTestSample  # aliased: pytest would try to collect Test*
-from dymoe.data.coin import TrainSample, load_test, load_train
+from dymoe.data.coin import TrainSample, load_train
+from dymoe.data.formats import load_test
 from dymoe.data.tasks import load_benchmark
 from dymoe.errors import DataError
 from dymoe.eval.scorers import SCORERS

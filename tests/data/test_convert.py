@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from dymoe.cli.main import main
-from dymoe.data.coin import load_eval_set, load_test, load_train
+from dymoe.data.coin import load_train
 from dymoe.data.convert.smoe import is_math_test
+from dymoe.data.formats import load_eval_set, load_test
 from dymoe.data.tasks import load_benchmark
 from dymoe.data.verify import verify_benchmark
 from dymoe.eval.scorers import SCORERS

@@ -393,7 +393,8 @@ def test_cli_make_minicoin(tiny_scale, tmp_path, capsys):
 
 # ------------------------------------------------------------------------- through the project's loaders/scorers
 def test_loads_and_scores_100_percent_through_coin_loaders(small):
-    from dymoe.data.coin import load_test, load_train
+    from dymoe.data.coin import load_train
+    from dymoe.data.formats import load_test
     from dymoe.data.tasks import load_benchmark
     from dymoe.data.verify import verify_benchmark
     from dymoe.eval.scorers import SCORERS, load_annotations

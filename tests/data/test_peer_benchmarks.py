@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dymoe.data.coin import load_eval_set, load_test, load_train
+from dymoe.data.coin import load_train
+from dymoe.data.formats import load_eval_set, load_test
 from dymoe.data.tasks import TaskSpec, load_benchmark
 from dymoe.data.verify import verify_benchmark
 from dymoe.errors import ConfigError

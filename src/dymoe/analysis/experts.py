@@ -196,7 +196,7 @@ def expert_activation_view(
         "aggregate": {"mass", "share"} (summed over the evaluated tasks), "png", "json"}``.
     """
     from dymoe.config import load_config
-    from dymoe.data.coin import load_test
+    from dymoe.data.formats import load_test
     from dymoe.injection.inject import inject
     from dymoe.injection.state import load_adapter_into, load_method_state
     from dymoe.methods import build_method

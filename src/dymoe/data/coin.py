@@ -264,21 +264,6 @@ def _check_truth(row: dict, scorer: str, where: str) -> None:
         raise DataError(f"{where}: missing field {missing[0]!r} (needed by scorer {scorer!r})")
 
 
-def load_test(task: TaskSpec, *, instruction_type: str = "origin", seed: int = 0) -> list[TestSample]:
-    """Load a task's test questions with their references: its *first* evaluation set (the only one of a CoIN
-    task; :func:`load_eval_set` reads any of them). See the module docstring for side files."""
-    return load_eval_set(task, task.eval_sets[0], instruction_type=instruction_type, seed=seed)
-
-
-def load_eval_set(
-    task: TaskSpec, eval_set: EvalSet, *, instruction_type: str = "origin", seed: int = 0
-) -> list[TestSample]:
-    """Load one evaluation set of ``task`` through its format (:data:`dymoe.data.formats.FORMATS`)."""
-    from dymoe.data.formats import FORMATS
-
-    return FORMATS.get(eval_set.format).load(task, eval_set, instruction_type=instruction_type, seed=seed)
-
-
 def load_coin_test(
     task: TaskSpec, eval_set: EvalSet, *, instruction_type: str = "origin", seed: int = 0
 ) -> list[TestSample]:

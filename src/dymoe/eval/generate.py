@@ -220,7 +220,7 @@ def evaluate_task(
 
     Args:
         task_spec: the task (its ``scorer`` is used when ``scorer_name`` is ``None``; ``name`` labels the bar).
-        samples: its test questions (``dymoe.data.coin.load_test``), whose ``reference`` rows carry the merged
+        samples: its test questions (``dymoe.data.formats.load_test``), whose ``reference`` rows carry the merged
             side-file entries the scorers fall back to.
         scorer_name: a key of :data:`~dymoe.eval.scorers.SCORERS` (e.g. ``"sqa"`` or ``"sqa-strict"``).
         annotations: *loaded* side files for the scorer (``dymoe.eval.scorers.load_annotations``); ``None`` uses

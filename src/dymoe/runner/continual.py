@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from dymoe.config import RunConfig, dump_config
-from dymoe.data.coin import load_test, load_train
+from dymoe.data.coin import load_train
 from dymoe.data.collate import VLMCollator
+from dymoe.data.formats import load_test
 from dymoe.data.tasks import Benchmark, TaskSpec, load_benchmark
 from dymoe.errors import DymoeError
 from dymoe.eval.generate import generate_predictions

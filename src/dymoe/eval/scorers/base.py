@@ -2,7 +2,7 @@
 
 A scorer is a pure function ``score(predictions, references, annotations=None) -> ScoreResult`` where
 ``predictions`` are the dicts of a ``merge.jsonl`` (``question_id``, ``text``), ``references`` the raw rows of a CoIN
-test file (possibly with the side-file entry merged in under ``"annotation"`` by :func:`dymoe.data.coin.load_test`)
+test file (possibly with the side-file entry merged in under ``"annotation"`` by :func:`dymoe.data.formats.load_test`)
 and ``annotations`` the *loaded* side files keyed by name (``problems``, ``pid_splits``, ``annotations``,
 ``questions``).
 """

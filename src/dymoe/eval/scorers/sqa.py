@@ -4,7 +4,7 @@ Ground truth, in order of precedence:
 
 1. side files ``problems`` (``problems.json``: ``{pid: {"choices": [...], "answer": int}}``) and ``pid_splits``
    (``{"test": [pid, ...]}``): exactly the reference script; the denominator is ``pid_splits["test"]``;
-2. the ``annotation`` entry merged into each reference row by :func:`dymoe.data.coin.load_test` (same shape as a
+2. the ``annotation`` entry merged into each reference row by :func:`dymoe.data.formats.load_test` (same shape as a
    ``problems`` entry); the denominator is the reference rows;
 3. inline fields of the test row: ``answer`` (a letter ``"A"``..``"E"`` or an int index) and optional ``choices``
    (without ``choices`` all five letters A-E are accepted as valid options).
