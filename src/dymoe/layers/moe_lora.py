@@ -109,7 +109,13 @@ class MoELoRALinear(nn.Module):
             return torch.zeros(rows, self.in_features, dtype=dtype, device=device)
         if name.endswith("_B") or name == "lora_B":
             return torch.zeros(self.out_features, rows, dtype=dtype, device=device)
-        return torch.zeros(rows, self.in_features, dtype=dtype, device=device)  # router rows
+        return torch.zeros(rows, self._router_width, dtype=dtype, device=device)  # router rows
+
+    @property
+    def _router_width(self) -> int:
+        # router "none" scores nothing: its rows are [E, 0], so no unused trainable parameter exists (DDP would
+        # wait for its gradient, and parameter counts would include it)
+        return 0 if self.router_mode == "none" else self.in_features
 
     def _set_param(self, name: str, value: torch.Tensor, *, trainable: bool) -> None:
         # re-registering replaces the Parameter object: optimizers must be rebuilt after any growth step.
@@ -152,7 +158,7 @@ class MoELoRALinear(nn.Module):
         """Append a group of ``num_experts`` experts of rank ``rank``; returns their expert ids.
 
         A new trainable group has ``B = 0`` (the layer's output is unchanged), A initialised per ``init`` and
-        router rows with the ``nn.Linear`` default (kaiming-uniform), dymoe.md §2.2. A frozen group
+        router rows with the ``nn.Linear`` default (kaiming-uniform), dymoe.md §2.2 (router ``none``: rows of width 0). A frozen group
         (``trainable=False``) is appended to the frozen bank, e.g. when a checkpoint is rebuilt.
         """
         if num_experts <= 0 or rank <= 0:
@@ -172,6 +178,9 @@ class MoELoRALinear(nn.Module):
         b = torch.zeros(self.out_features, num_experts * rank, dtype=dt, device=w.device)
         u = torch.empty(num_experts, self.in_features, dtype=torch.float32, device=w.device)
         nn.init.kaiming_uniform_(u, a=math.sqrt(5))
+        # router "none" keeps no rows; the draw above still happens so that every later initialisation consumes
+        # the same random numbers as before (runs of router-"none" methods stay comparable across versions)
+        u = u[:, : self._router_width]
         ids = list(range(self._next_expert_id, self._next_expert_id + num_experts))
         self._next_expert_id += num_experts
         meta = {

@@ -59,6 +59,6 @@ class IncLoRA(Method):
         return {
             **super().describe(),
             "budget": "per task: a new LoRA of rank r on every target module, r·(d_in + d_out) parameters per module "
-            "(plus one unused d_in router row of router 'none'); earlier tasks' LoRAs frozen; r = "
+            "(router 'none' has no router rows); earlier tasks' LoRAs frozen; r = "
             f"{getattr(self, 'rank', self.options.rank or 'experts_per_group × expert_rank')}",
         }
