@@ -69,7 +69,13 @@ class TrainingConfig:
     """Optimisation per task (defaults: DyMoE/CoIN, dymoe.md §8: AdamW, lr 2e-4, cosine, warmup 0.03, 1 epoch).
 
     Attributes:
-        batch_size: per-device micro-batch; global batch = batch_size × grad_accum × processes.
+        batch_size: per-device micro-batch (samples in one forward on one process).
+        global_batch_size: samples per optimizer step over all processes and accumulation steps (the papers state
+            this: 128 for CoIN). Gradient accumulation is derived as ``global_batch_size / (batch_size ×
+            processes)``, so one config trains the same model on 1, 4 or 8 GPUs; a global batch that does not divide
+            is an error naming the three numbers. None = ``batch_size × grad_accum × processes``.
+        grad_accum: micro-batches per process per optimizer step; None = derived from ``global_batch_size`` (or 1).
+            Set both only if they agree.
         schedule: ``cosine``, ``linear`` or ``constant`` (after warmup).
         group_by_length: batches of similar length (fewer pad tokens), in a seeded order.
         save_every_steps: 0 = checkpoint only at task ends; N = also every N optimizer steps inside a task
@@ -79,7 +85,8 @@ class TrainingConfig:
 
     epochs: float = 1.0
     batch_size: int = 16
-    grad_accum: int = 1
+    global_batch_size: int | None = None
+    grad_accum: int | None = None
     lr: float = 2e-4
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = 0.03
@@ -302,7 +309,8 @@ def _check_ranges(cfg: RunConfig) -> None:
     checks = [
         ("training.epochs", t.epochs > 0, "> 0"),
         ("training.batch_size", t.batch_size >= 1, ">= 1"),
-        ("training.grad_accum", t.grad_accum >= 1, ">= 1"),
+        ("training.grad_accum", t.grad_accum is None or t.grad_accum >= 1, ">= 1 or null"),
+        ("training.global_batch_size", t.global_batch_size is None or t.global_batch_size >= 1, ">= 1 or null"),
         ("training.lr", t.lr > 0, "> 0"),
         ("training.warmup_ratio", 0 <= t.warmup_ratio < 1, "in [0, 1)"),
         ("training.max_length", t.max_length >= 8, ">= 8"),

@@ -11,6 +11,7 @@ restarted ends with the same ``matrix.json`` as an uninterrupted one. Only the m
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from dymoe.data.coin import load_train
 from dymoe.data.collate import VLMCollator
 from dymoe.data.formats import load_test
 from dymoe.data.tasks import Benchmark, TaskSpec, load_benchmark
-from dymoe.errors import DymoeError
+from dymoe.errors import ConfigError, DymoeError
 from dymoe.eval.generate import generate_predictions
 from dymoe.eval.metrics import save_matrix, summarize
 from dymoe.eval.scorers import SCORERS, load_annotations
@@ -36,17 +37,22 @@ from dymoe.injection.inject import inject
 from dymoe.injection.state import load_adapter_into, load_method_state, save_adapter
 from dymoe.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from dymoe.methods import build_method
-from dymoe.methods.base import TaskInfo
+from dymoe.methods.base import TaskInfo, attach_method_modules
+from dymoe.runner.engines import uses_deepspeed
 from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin
 from dymoe.runner.rundir import RunDir
-from dymoe.runner.trainer import TaskTrainer
+from dymoe.runner.trainer import TaskTrainer, resolve_batching
 
 log = logging.getLogger(__name__)
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path):
-    """An ``accelerate.Accelerator`` for this run (picks up ``accelerate launch`` / torchrun environments)."""
+    """An ``accelerate.Accelerator`` for this run (picks up ``accelerate launch`` / torchrun environments).
+
+    Gradient accumulation is not the accelerator's: the trainer owns it (see :mod:`dymoe.runner.trainer`).
+    """
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     mp = cfg.mixed_precision
     if mp == "auto":
@@ -58,14 +64,36 @@ def make_accelerator(cfg: RunConfig, run_dir: Path):
         except ImportError:
             log.warning("tensorboard is not installed: logging to TensorBoard is off")
             trackers.remove("tensorboard")
+    _destroy_process_group_at_exit()
+    cpu = not torch.cuda.is_available()
+    handlers = []
+    if cpu and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # DeepSpeed on CPU (its CPU accelerator, gloo): accelerate only enables DeepSpeed with cpu=False
+        cpu = False
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     return Accelerator(
         # cpu=True on CPU-only machines: that is what makes accelerate see torchrun's gloo ranks (MULTI_CPU)
-        cpu=not torch.cuda.is_available(),
-        gradient_accumulation_steps=cfg.training.grad_accum,
+        cpu=cpu,
+        kwargs_handlers=handlers or None,
         mixed_precision=mp,
         log_with=trackers or None,
         project_dir=str(run_dir / "logs"),
     )
+
+
+_AT_EXIT: list[bool] = []
+
+
+def _destroy_process_group_at_exit() -> None:
+    if _AT_EXIT:
+        return
+    _AT_EXIT.append(True)
+
+    def destroy() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 def resolve_benchmark(cfg: RunConfig) -> Benchmark:
@@ -75,8 +103,8 @@ def resolve_benchmark(cfg: RunConfig) -> Benchmark:
     return load_benchmark(path, data_root=b.data_root, order=b.order, instruction_type=b.instruction_type)
 
 
-def environment(cfg: RunConfig, accelerator) -> dict:
-    """Versions, device and git commit, for ``env.json``."""
+def environment(cfg: RunConfig, accelerator, batching=None) -> dict:
+    """Versions, device, git commit and the resolved batch layout, for ``env.json``."""
     import accelerate
     import transformers
 
@@ -96,6 +124,8 @@ def environment(cfg: RunConfig, accelerator) -> dict:
         "accelerate": accelerate.__version__,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
         "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1],
+        **({"batching": batching.to_dict()} if batching is not None else {}),
         "mixed_precision": str(accelerator.mixed_precision),
         "torch_threads": torch.get_num_threads(),
         "seed": cfg.training.seed,
@@ -144,6 +174,13 @@ class ContinualRun:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg, acc = self.cfg, self.acc
+        # the batch layout first: a global batch that does not divide is an error before anything is written
+        self.batching = resolve_batching(cfg.training, acc.num_processes)
+        if uses_deepspeed(acc) and cfg.training.save_every_steps and not self.evaluation_only:
+            raise ConfigError("training.save_every_steps (step checkpoints inside a task) is not supported with "
+                              "DeepSpeed; task checkpoints are. Set it to 0 or use DDP (configs/accelerate/multi_gpu.yaml)")
+        if self.main and not self.evaluation_only:
+            print(f"training: {self.batching.describe()}", file=sys.stderr)
         resolved = dump_config(cfg)
         if not self.evaluation_only:
             self.dir.check_config(resolved)
@@ -164,6 +201,8 @@ class ContinualRun:
         self.method = build_method(cfg.method)
         self.adapter_cfg = self.method.configure_adapter(cfg.adapter)
         self.adapter = inject(self.model, self.adapter_cfg)
+        # the method's own modules live inside the model: moved, wrapped by DDP/ZeRO and saved with the method state
+        attach_method_modules(self.model, self.method)
         self.model.to(acc.device)
         if cfg.training.gradient_checkpointing:
             # non-reentrant checkpointing: observer losses computed outside the region still get gradients
@@ -172,12 +211,13 @@ class ContinualRun:
                 self.model.enable_input_require_grads()
         self.method.setup(self.model, self.adapter)
         self.collator = VLMCollator(self.processor, max_length=cfg.training.max_length)
-        self.trainer = TaskTrainer(self.model, self.adapter, self.method, self.collator, cfg.training, acc)
+        self.trainer = TaskTrainer(self.model, self.adapter, self.method, self.collator, cfg.training, acc,
+                                   batching=self.batching, step_log=self.dir.root / "train_steps.jsonl")
         # written only once everything above succeeded: a failed start leaves no run directory behind
         if self.main and not self.evaluation_only:
             self.dir.root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.dir.config, resolved)
-            atomic_write_json(self.dir.env, {**environment(cfg, acc), "tasks": self.names,
+            atomic_write_json(self.dir.env, {**environment(cfg, acc, self.batching), "tasks": self.names,
                                              "benchmark": str(self.benchmark.name)})
         self._train_sets: dict[str, list] = {}
         self._test_sets: dict[str, list] = {}
@@ -239,7 +279,10 @@ class ContinualRun:
                     raise DymoeError(f"{self.dir.root}: row {k + 1} of the matrix is missing but later tasks are done")
                 rows.append(self.evaluate_seen(k))
                 self.write_results(rows, train_log)
-        self.acc.end_training()
+        # trackers end here; the process group stays up for the next run in this process (``dymoe reproduce``
+        # runs several) and is destroyed at exit (accelerate's end_training would destroy it now)
+        for tracker in self.acc.trackers:
+            tracker.finish()
         return self._read_metrics()
 
     def train_task(self, k: int, task: TaskSpec, info: TaskInfo) -> dict:
@@ -266,7 +309,7 @@ class ContinualRun:
             save_adapter(self.adapter, self.dir.checkpoint(k + 1, task.name),
                          metadata={"task": task.name, "task_index": k + 1, "method": self.method.describe(),
                                    "trainable_params": n_trainable},
-                         method_state=self.method.state_dict())
+                         method_state=self.method.checkpoint_state())
             self.dir.clear_partial(k + 1, task.name)
         self.acc.wait_for_everyone()
         return {**result.__dict__, "trainable_params": n_trainable}
@@ -274,7 +317,7 @@ class ContinualRun:
     def _load_checkpoint(self, k: int) -> None:
         ckpt = self.dir.checkpoint(k, self.names[k - 1])
         load_adapter_into(self.adapter, ckpt)
-        self.method.load_state_dict(load_method_state(ckpt))
+        self.method.load_checkpoint_state(load_method_state(ckpt))
         self.adapter.model.to(self.acc.device)
 
     def scorer_name(self, task: TaskSpec) -> str:
@@ -384,6 +427,7 @@ def run(cfg: RunConfig, output: str | Path) -> dict:
         return ContinualRun(cfg, output).run()
     except torch.cuda.OutOfMemoryError:
         raise DymoeError(
-            "CUDA out of memory. Lower training.batch_size (and raise training.grad_accum to keep the global batch), "
+            "CUDA out of memory. Lower training.batch_size (with training.global_batch_size set, the accumulation "
+            "grows to keep the global batch), "
             "set training.gradient_checkpointing=true, or lower evaluation.batch_size."
         ) from None
