@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-deepspeed lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+
+# The DeepSpeed ZeRO-2 path on CPU (two gloo processes): installs the optional extra, then runs its test.
+test-deepspeed: $(STAMP)
+	$(BIN)/pip install -e ".[deepspeed]"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/runner/test_multiprocess.py -k deepspeed

@@ -192,3 +192,29 @@ def test_structure_roundtrip():
         assert getattr(other, n).shape == getattr(layer, n).shape, n
     assert other.structure() == layer.structure()
     assert isinstance(layer.context, RoutingContext)
+
+
+def test_router_none_has_no_router_rows_and_draws_the_same_init(tmp_path):
+    """Router "none" keeps rows of width 0: nothing untrained is trainable (DDP would wait for its gradient); the
+    initialisation consumes the same random numbers, so A is the one a scoring router's layer gets."""
+    from safetensors.torch import load_file, save_file
+
+    from dymoe.injection import AdapterConfig, ExpertAdapter
+    from dymoe.injection.state import load_adapter_into, save_adapter
+
+    torch.manual_seed(0)
+    none = make_layer(router="none", groups=(1, 1), rank=3)
+    torch.manual_seed(0)
+    cosine = make_layer(router="cosine", groups=(1, 1), rank=3)
+    assert none.router.shape == (1, 0) and none.frozen_router.shape == (1, 0) and not none.router.requires_grad
+    assert torch.equal(none.lora_A, cosine.lora_A) and torch.equal(none.frozen_A, cosine.frozen_A)
+    assert sum(p.numel() for p in none.parameters() if p.requires_grad) == 3 * (10 + 7)  # r·(d_in + d_out)
+    # a checkpoint written before (unused [E, d_in] router rows) still loads
+    cfg = AdapterConfig(experts_per_group=1, expert_rank=3, router="none", top_k=1)
+    save_adapter(ExpertAdapter(None, {"m": none}, none.context, cfg), tmp_path / "ckpt")
+    tensors = load_file(str(tmp_path / "ckpt" / "adapter.safetensors"))
+    tensors["m.router"], tensors["m.frozen_router"] = torch.ones(1, 10), torch.ones(1, 10)
+    save_file(tensors, str(tmp_path / "ckpt" / "adapter.safetensors"), metadata={"format": "dymoe-adapter"})
+    fresh = MoELoRALinear(nn.Linear(10, 7, dtype=torch.float64), alpha=8.0, bank_rank=8, router="none")
+    load_adapter_into(ExpertAdapter(None, {"m": fresh}, fresh.context, cfg), tmp_path / "ckpt")
+    assert fresh.router.shape == (1, 0) and torch.equal(fresh.lora_A, none.lora_A)

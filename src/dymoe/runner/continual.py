@@ -175,7 +175,12 @@ class ContinualRun:
     def setup(self) -> None:
         cfg, acc = self.cfg, self.acc
         # the batch layout first: a global batch that does not divide is an error before anything is written
-        self.batching = resolve_batching(cfg.training, acc.num_processes)
+        try:
+            self.batching = resolve_batching(cfg.training, acc.num_processes)
+        except ConfigError:
+            if not self.evaluation_only:
+                raise
+            self.batching = None  # re-evaluating never trains: any number of processes will do
         if uses_deepspeed(acc) and cfg.training.save_every_steps and not self.evaluation_only:
             raise ConfigError("training.save_every_steps (step checkpoints inside a task) is not supported with "
                               "DeepSpeed; task checkpoints are. Set it to 0 or use DDP (configs/accelerate/multi_gpu.yaml)")

@@ -205,9 +205,15 @@ class TaskTrainer:
                  batching: Batching | None = None, step_log: Path | None = None):
         self.model, self.adapter, self.method = model, adapter, method
         self.collator, self.cfg, self.acc = collator, cfg, accelerator
-        self.batching = batching or resolve_batching(cfg, accelerator.num_processes)
+        self._batching = batching
         self.step_log = step_log
         self.samples: list = []
+
+    @property
+    def batching(self) -> Batching:
+        if self._batching is None:  # resolved on first use: an evaluation-only run never needs it
+            self._batching = resolve_batching(self.cfg, self.acc.num_processes)
+        return self._batching
 
     # ------------------------------------------------------------------ data
     def plan(self, samples: list, seed: int) -> list[list[int]]:
@@ -285,8 +291,7 @@ class TaskTrainer:
         return result
 
     def _loop(self, task, samples, plan, start, prepared: PreparedTask, scheduler, step_dir, on_step) -> TrainResult:
-        cfg, acc, lay = self.cfg, self.acc, self.batching
-        world, rank = acc.num_processes, acc.process_index
+        cfg, acc = self.cfg, self.acc
         total = len(plan)
         wrapped = prepared.model
         wrapped.train()
@@ -299,42 +304,12 @@ class TaskTrainer:
         seen = 0
         for step in range(start, total):
             gb = plan[step]
-            local = micro_batches(gb, lay.per_device, rank, world)
-            n_micro = math.ceil(len(gb) / lay.per_device)
-            collated = [self.collator([samples[i] for i in idx]) if idx is not None else None for idx in local]
-            (n_tokens,) = self._all_sum([float(sum(answer_tokens(c) for c in collated if c is not None))])
-            info = StepInfo(step, total)
-            lm_sum, bad, term_sums = 0.0, 0.0, {}
-            for s, idx in enumerate(local):
-                last = s == len(local) - 1
-                real = idx is not None
-                # a zero-weight step reruns this process's first real micro-batch (or the global batch's first)
-                batch = self._to_device(collated[s] if real else self.collator(
-                    [samples[i] for i in (local[0] if local[0] is not None else gb[: lay.per_device])]))
-                with prepared.sync(last):
-                    loss, terms, outputs = forward_loss(wrapped, self.adapter, self.method, batch, info, record=real)
-                    n_here = answer_tokens(batch)
-                    w_lm = world * n_here / n_tokens if real and n_tokens > 0 else 0.0
-                    w_terms = world / n_micro if real else 0.0
-                    if not (w_lm == 1.0 and w_terms == 1.0):
-                        loss = _weighted(outputs.loss, w_lm)
-                        if terms:
-                            loss = loss + _weighted(sum(terms.values()), w_terms)
-                    prepared.backward(loss, last)
-                if real:
-                    lm = outputs.loss.detach().float()
-                    bad += 0.0 if bool(torch.isfinite(lm)) and all(bool(torch.isfinite(v.detach())) for v in terms.values()) else 1.0
-                    lm_sum += float(lm) * n_here
-                    for k, v in terms.items():
-                        term_sums[k] = term_sums.get(k, 0.0) + float(v.detach())
-            keys = sorted(term_sums) if term_sums else sorted(terms)
-            sums = self._all_sum([lm_sum, bad, *[term_sums.get(k, 0.0) for k in keys]])
-            loss_val = sums[0] / max(n_tokens, 1.0)
-            terms_val = {k: v / n_micro for k, v in zip(keys, sums[2:])}
-            if sums[1] > 0:  # every process raises together (a lone raise would leave the others waiting)
+            loss_val, terms_val, n_tokens, bad = self._accumulate(gb, samples, StepInfo(step, total), prepared)
+            if bad:  # every process raises together (a lone raise would leave the others waiting)
                 raise TrainingDiverged(
-                    f"loss became {loss_val + sum(terms_val.values())} on task {task.index + 1} ({task.name!r}) at step {step + 1}; "
-                    "the last good checkpoint is kept. Try a lower training.lr or training.max_grad_norm."
+                    f"loss became {loss_val + sum(terms_val.values())} on task {task.index + 1} ({task.name!r}) "
+                    f"at step {step + 1}; the last good checkpoint is kept. Try a lower training.lr or "
+                    "training.max_grad_norm."
                 )
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             prepared.step()
@@ -361,6 +336,43 @@ class TaskTrainer:
         result.steps, result.samples = total, seen_before + seen
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _accumulate(self, gb: list[int], samples: list, info: StepInfo, prepared: PreparedTask):
+        """Forward and backward of this process's micro-batches of global batch ``gb`` (gradients synchronised on
+        the last). Returns the global batch's token-mean LM loss, its micro-batch-mean loss terms, its answer-token
+        count and whether any process saw a non-finite loss (all summed over processes)."""
+        world, rank, per_device = self.acc.num_processes, self.acc.process_index, self.batching.per_device
+        local = micro_batches(gb, per_device, rank, world)
+        n_micro = math.ceil(len(gb) / per_device)
+        collated = [self.collator([samples[i] for i in idx]) if idx is not None else None for idx in local]
+        (n_tokens,) = self._all_sum([float(sum(answer_tokens(c) for c in collated if c is not None))])
+        lm_sum, bad, term_sums, terms = 0.0, 0.0, {}, {}
+        for s, idx in enumerate(local):
+            last, real = s == len(local) - 1, idx is not None
+            # a zero-weight step reruns this process's first micro-batch (or the global batch's first)
+            batch = collated[s] if real else self.collator(
+                [samples[i] for i in (local[0] if local[0] is not None else gb[:per_device])])
+            batch = self._to_device(batch)
+            n_here = answer_tokens(batch)
+            w_lm = world * n_here / n_tokens if real and n_tokens > 0 else 0.0  # share of the global batch's tokens
+            w_terms = world / n_micro if real else 0.0  # DDP / ZeRO average over processes: hence × world
+            with prepared.sync(last):
+                loss, terms, outputs = forward_loss(prepared.model, self.adapter, self.method, batch, info, record=real)
+                if not (w_lm == 1.0 and w_terms == 1.0):  # (one process, no accumulation: the plain loss)
+                    loss = _weighted(outputs.loss, w_lm)
+                    if terms:
+                        loss = loss + _weighted(sum(terms.values()), w_terms)
+                prepared.backward(loss, last)
+            if real:
+                values = [outputs.loss.detach().float(), *(v.detach() for v in terms.values())]
+                bad += 0.0 if all(bool(torch.isfinite(v).all()) for v in values) else 1.0
+                lm_sum += float(values[0]) * n_here
+                for k, v in terms.items():
+                    term_sums[k] = term_sums.get(k, 0.0) + float(v.detach())
+        keys = sorted(term_sums) if term_sums else sorted(terms)
+        sums = self._all_sum([lm_sum, bad, *[term_sums.get(k, 0.0) for k in keys]])
+        terms_val = {k: v / n_micro for k, v in zip(keys, sums[2:])}
+        return sums[0] / max(n_tokens, 1.0), terms_val, n_tokens, sums[1] > 0
 
     # ------------------------------------------------------------------ per-step log
     def _open_step_log(self, task: TaskInfo, start: int) -> None:
