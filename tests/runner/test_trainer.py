@@ -105,10 +105,17 @@ def _oracle(run: ContinualRun, samples: list, plan: list[list[int]], per_device:
 
 
 @pytest.mark.parametrize("method", ["lora", "incmoelora"])
-def test_accumulated_steps_equal_the_plain_loop_including_the_partial_last_group(method, tmp_path, cache_env):
+def test_accumulated_steps_equal_the_plain_loop_including_the_partial_last_group(method, tmp_path, cache_env,
+                                                                                 capsys):
     # 10 samples, global batch 6 of micro-batches of 2: steps of 3 + 2 micro-batches (the last group is partial)
     over = [f"method.name={method}", "training.batch_size=2", "training.global_batch_size=6"]
-    run, ref = _setup(tmp_path, "a", *over), _setup(tmp_path, "b", *over)
+    run = _setup(tmp_path, "a", *over)
+    # the resolved layout: the first line the run prints, and env.json
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "training: global batch 6 = 2 per device × 3 accumulation steps × 1 process")
+    assert json.loads((tmp_path / "a" / "env.json").read_text())["batching"] == {
+        "global_batch_size": 6, "per_device_batch_size": 2, "grad_accum": 3, "num_processes": 1}
+    ref = _setup(tmp_path, "b", *over)
     task = ref.tasks[0]
     samples = run.train_set(task)
     for r in (run, ref):
