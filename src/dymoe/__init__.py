@@ -5,3 +5,18 @@ Reading order for newcomers: ``layers/functional.py`` (the fused op) → ``layer
 """
 
 __version__ = "0.1.0"
+
+
+def _prepare_torchvision() -> None:
+    # Before anything imports transformers: a CUDA torchvision beside a CPU torch must be made importable first
+    # (dymoe.models.vision_deps explains why); costs nothing when torchvision is not installed.
+    import importlib.util
+    import sys
+
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is not None:
+        from dymoe.models.vision_deps import prepare_torchvision
+
+        prepare_torchvision()
+
+
+_prepare_torchvision()

@@ -32,12 +32,16 @@ class BackboneConfig:
         dtype: ``auto`` = bfloat16 on CUDA, float32 on CPU.
         attn_implementation: passed to ``from_pretrained`` (``sdpa``, ``eager``, ``flash_attention_2``).
         trust_remote_code: off unless asked for.
+        image_samples: what a text-only backbone (a causal LM) does with samples that have an image: ``error``
+            stops, naming the task; ``skip`` leaves them out of training and evaluation (counted per task).
+            Ignored for vision-language backbones.
     """
 
     path: str = ""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
+    image_samples: Literal["error", "skip"] = "error"
 
 
 @dataclass

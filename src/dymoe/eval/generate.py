@@ -30,6 +30,7 @@ from dymoe.data.collate import build_generation_batch
 from dymoe.data.tasks import TaskSpec
 from dymoe.errors import ConfigError
 from dymoe.eval.scorers import SCORERS, ScoreResult
+from dymoe.models.families import tokenizer_of
 
 __all__ = ["evaluate_task", "generate_predictions", "shard_indices"]
 
@@ -48,7 +49,7 @@ def _prompt_lengths(processor: Any, samples: Sequence[TestSample]) -> list[int]:
     """Approximate prompt lengths in tokens (question tokens + image tokens), used only to order the batches."""
     from dymoe.models.llava import num_image_tokens
 
-    tokenizer = processor.tokenizer
+    tokenizer = tokenizer_of(processor)
     n_img = num_image_tokens(processor) if any(s.image is not None for s in samples) else 0
     texts = [s.prompt for s in samples]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
@@ -97,7 +98,7 @@ def _generate_local(
     batch_hook: Callable[[dict], None] | None = None,
 ) -> list[str]:
     """Greedy-generate the texts of ``samples`` on this process, longest prompt first; returned in input order."""
-    tokenizer = processor.tokenizer
+    tokenizer = tokenizer_of(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = _eos_ids(model, tokenizer)
     lengths = _prompt_lengths(processor, samples)
@@ -108,9 +109,8 @@ def _generate_local(
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
         batch = build_generation_batch(processor, [samples[i] for i in idx], max_length=max_length)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(dtype)  # [N_img, 3, H, W] in the model's dtype
+        # image tensors in the model's dtype (pixel_values [N_img, 3, H, W] for LLaVA); ids and masks stay integer
+        batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
         if batch_hook is not None:
             batch_hook(batch)  # e.g. a task router setting the per-sample group mask for this batch
         out = model.generate(
@@ -146,9 +146,9 @@ def generate_predictions(
     """Greedy answers to test questions, as ``merge.jsonl`` rows in the order of ``samples``.
 
     Args:
-        model: a generation-capable HF vision-language model (e.g. ``LlavaForConditionalGeneration``), possibly
-            wrapped by ``accelerator.prepare`` (it is unwrapped for ``generate``).
-        processor: its HF processor (chat template, tokenizer, image processor).
+        model: a generation-capable HF vision-language model (e.g. ``LlavaForConditionalGeneration``) or causal
+            LM, possibly wrapped by ``accelerator.prepare`` (it is unwrapped for ``generate``).
+        processor: its HF processor (chat template, tokenizer, image processor), or a causal LM's tokenizer.
         samples: the questions (``question_id``, ``image`` path or ``None``, ``prompt``).
         batch_size: questions per ``generate`` call (per process).
         max_new_tokens: generation budget per answer (CoIN answers are short; grounding boxes need ~30 tokens).

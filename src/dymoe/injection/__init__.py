@@ -2,7 +2,12 @@
 
 from dymoe.injection.inject import AdapterConfig, ExpertAdapter, inject
 from dymoe.injection.state import load_adapter, load_adapter_into, save_adapter
-from dymoe.injection.targets import DEFAULT_TARGETS, find_target_linears, language_model_scope
+from dymoe.injection.targets import (
+    DEFAULT_TARGETS,
+    find_target_linears,
+    language_model_prefix,
+    language_model_scope,
+)
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -10,6 +15,7 @@ __all__ = [
     "ExpertAdapter",
     "find_target_linears",
     "inject",
+    "language_model_prefix",
     "language_model_scope",
     "load_adapter",
     "load_adapter_into",

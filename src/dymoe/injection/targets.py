@@ -12,7 +12,7 @@ import re
 
 import torch.nn as nn
 
-from dymoe.errors import ConfigError
+from dymoe.errors import ConfigError, DymoeError
 
 # LLaVA's find_all_linear_names on a LLaMA/Vicuna LM: every projection of every decoder layer
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -20,16 +20,48 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 NON_LM_SEGMENTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "mm_projector", "vision_resampler")
 
 
-def language_model_scope(model: nn.Module) -> str:
-    """Module path of the language model inside ``model``: ``model.language_model`` for HF LLaVA (transformers 5),
-    ``language_model`` for older layouts, ``model`` for a plain causal LM, ``""`` if nothing better is found."""
-    names = [n for n, _ in model.named_modules()]
-    lm = [n for n in names if n.split(".")[-1] == "language_model"]
-    if lm:
-        return min(lm, key=len)
-    if "model" in names and hasattr(model.get_submodule("model"), "layers"):
+# names a VLM gives its language model (LLaVA/Qwen-VL/PaliGemma/Gemma3/Mllama: language_model; Idefics3: text_model)
+LM_NAMES = ("language_model", "text_model")
+
+
+def language_model_prefix(model: nn.Module) -> str:
+    """Dotted module path of the language-model decoder inside ``model`` (the one function injection and loading use).
+
+    ``"model.language_model"`` for LLaVA, LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL, InternVL, PaliGemma, Gemma3 and
+    Mllama in transformers 5.x; ``"model.text_model"`` for Idefics3/SmolVLM; ``"model"`` for a plain
+    ``*ForCausalLM``; ``""`` for a bare decoder. Found by the model's own ``get_decoder()``, else the shallowest
+    module called ``language_model`` or ``text_model``, else a ``model`` child with ``layers``. Adapter targets are
+    matched below this prefix so the vision tower (CLIP attention also has ``q_proj``/``k_proj``/``v_proj``) and
+    the projector are never wrapped. ``lm_head`` is outside the prefix.
+
+    Raises:
+        DymoeError: no decoder can be found.
+    """
+    names = {id(m): name for name, m in model.named_modules()}
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        try:
+            decoder = get_decoder()
+        except (AttributeError, NotImplementedError):
+            decoder = None
+        if decoder is not None and id(decoder) in names:
+            return names[id(decoder)]
+    candidates = [n for n in names.values() if n.split(".")[-1] in LM_NAMES]
+    if candidates:
+        return min(candidates, key=lambda n: (n.count("."), n))
+    if "model" in names.values() and hasattr(model.get_submodule("model"), "layers"):
         return "model"
-    return ""
+    if hasattr(model, "layers"):
+        return ""
+    raise DymoeError(f"cannot find the language model inside {type(model).__name__}")
+
+
+def language_model_scope(model: nn.Module) -> str:
+    """Deprecated name of :func:`language_model_prefix` ("" when no decoder is found: the whole model)."""
+    try:
+        return language_model_prefix(model)
+    except DymoeError:
+        return ""
 
 
 def find_target_linears(
@@ -40,11 +72,14 @@ def find_target_linears(
     Args:
         model: any torch module (a Hugging Face VLM or causal LM).
         targets: module-name suffixes (``"q_proj"``) and/or ``"re:<regex>"`` full-name patterns.
-        scope: only modules under this path; ``None`` → :func:`language_model_scope`, ``""`` → the whole model
+        scope: only modules under this path; ``None`` → :func:`language_model_prefix`, ``""`` → the whole model
             (modules under the vision tower / projector are then still skipped unless a regex names them).
     """
     if scope is None:
-        scope = language_model_scope(model)
+        try:
+            scope = language_model_prefix(model)
+        except DymoeError:  # no decoder found: the whole model (vision / projector segments are still skipped)
+            scope = ""
     suffixes = {t for t in targets if not t.startswith("re:")}
     patterns = [re.compile(t[3:]) for t in targets if t.startswith("re:")]
     prefix = scope + "." if scope else ""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dymoe.errors import ConfigError, DymoeError
+from dymoe.injection.targets import language_model_prefix  # re-exported: one function for injection and loading
 
 __all__ = [
     "DTYPES",
@@ -31,6 +32,7 @@ __all__ = [
     "is_multimodal_config",
     "language_model_prefix",
     "load_backbone",
+    "load_processor",
     "num_image_tokens",
 ]
 
@@ -133,16 +135,30 @@ def load_backbone(
     kwargs = dict(common, dtype=torch_dtype)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    multimodal = is_multimodal_config(config)
+    if multimodal:
+        from dymoe.models.vision_deps import require_vision_deps
+
+        require_vision_deps(getattr(config, "model_type", None))
     try:
-        if is_multimodal_config(config):
+        if multimodal:
             model, processor = _load_vlm(source, config, kwargs, common)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
             processor = AutoTokenizer.from_pretrained(source, **common)
-    except (OSError, ValueError) as e:  # missing weights / tokenizer files, hub errors, unknown model class
-        raise DymoeError(f"cannot load the model at {source}: {e}") from e
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        # missing weights / tokenizer files, hub errors, unknown model class, a config transformers cannot read
+        raise DymoeError(f"cannot load the model at {source}: {type(e).__name__}: {e}") from e
+    except (ImportError, RuntimeError) as e:  # transformers' lazy imports of a model/processor class failed
+        if "torchvision" in str(e) or "num2words" in str(e):
+            from dymoe.models.vision_deps import VLM_INSTALL_HINT, MissingDependency
+
+            raise MissingDependency(f"cannot load the model at {source}: {e}; {VLM_INSTALL_HINT}") from e
+        if isinstance(e, ImportError):
+            raise DymoeError(f"cannot load the model at {source}: {e}") from e
+        raise
     if device is not None:
         model.to(device)
     model.eval()
@@ -150,7 +166,7 @@ def load_backbone(
 
 
 def _load_vlm(source: str, config: Any, kwargs: dict[str, Any], common: dict[str, Any]) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
 
     try:
         model = AutoModelForImageTextToText.from_pretrained(source, config=config, **kwargs)
@@ -158,38 +174,36 @@ def _load_vlm(source: str, config: Any, kwargs: dict[str, Any], common: dict[str
         if "llava" not in config.model_type:
             raise
         model = LlavaForConditionalGeneration.from_pretrained(source, config=config, **kwargs)
-    processor = AutoProcessor.from_pretrained(source, **common)
-    return model, processor
+    return model, load_processor(source, **common)
+
+
+def load_processor(source: str | os.PathLike, **kwargs: Any) -> Any:
+    """``AutoProcessor.from_pretrained``, with the image processor's PIL backend where transformers has one.
+
+    The PIL backend makes pixels independent of whether torchvision is installed (transformers picks its
+    torchvision backend when it is) and is the backend of the original LLaVA preprocessing. Video processors
+    (torchvision only) are left as they are.
+    """
+    import transformers
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    from dymoe.models.vision_deps import IMAGE_BACKEND
+
+    source = os.fspath(source)
+    processor = AutoProcessor.from_pretrained(source, **kwargs)
+    image_processor = getattr(processor, "image_processor", None)
+    backends = hasattr(transformers, "CLIPImageProcessorPil")  # transformers >= 5.2x: processors have backends
+    if backends and image_processor is not None and not type(image_processor).__name__.endswith("Pil"):
+        try:
+            pil = AutoImageProcessor.from_pretrained(source, backend=IMAGE_BACKEND, **kwargs)
+        except (ImportError, OSError, ValueError):  # this family has no PIL image processor
+            pil = None
+        if pil is not None and type(pil).__name__.endswith("Pil"):
+            processor.image_processor = pil
+    return processor
 
 
 # -------------------------------------------------------------------------------------------------------- helpers
-
-
-def language_model_prefix(model: nn.Module) -> str:
-    """Dotted module path of the language-model decoder inside ``model``.
-
-    ``"model.language_model"`` for LLaVA in transformers 5.x, ``"model"`` for a plain ``*ForCausalLM``, ``""`` for
-    a bare decoder. Adapter targets are matched below this prefix so the vision tower (CLIP attention also has
-    ``q_proj``/``k_proj``/``v_proj``) and the projector are never wrapped. ``lm_head`` is outside the prefix.
-
-    Raises:
-        DymoeError: no decoder can be found.
-    """
-    decoder = None
-    get_decoder = getattr(model, "get_decoder", None)
-    if callable(get_decoder):
-        try:
-            decoder = get_decoder()
-        except (AttributeError, NotImplementedError):
-            decoder = None
-    names = {id(m): name for name, m in model.named_modules()}
-    if decoder is not None and id(decoder) in names:
-        return names[id(decoder)]
-    # Fallback: the shallowest module called "language_model" (LLaVA-like wrappers without get_decoder).
-    candidates = [n for n in names.values() if n.split(".")[-1] == "language_model"]
-    if candidates:
-        return min(candidates, key=lambda n: n.count("."))
-    raise DymoeError(f"cannot find the language model inside {type(model).__name__}")
 
 
 def _tokenizer_of(processor: Any) -> Any:

@@ -220,13 +220,21 @@ def default_corpus() -> Iterator[str]:
         yield f"{i} {i * 7 % 1000} {i / 8:.3f} {i}% ({chr(65 + i % 5)}) {chr(65 + i % 5)}. option {i % 5 + 1}"
 
 
-def build_tokenizer(corpus: Iterable[str] | None = None, *, vocab_size: int = 1024, model_max_length: int = 1024):
+def build_tokenizer(corpus: Iterable[str] | None = None, *, vocab_size: int = 1024, model_max_length: int = 1024,
+                    extra_tokens: Iterable[str] = (), extra_special_tokens: dict[str, str] | None = None,
+                    add_bos: bool = True, names: dict[str, str] | None = None):
     """Train a byte-level BPE tokenizer offline and wrap it in ``PreTrainedTokenizerFast``.
 
     Args:
         corpus: training texts; ``None`` uses :func:`default_corpus`.
         vocab_size: target vocabulary size, special tokens included (fewer if the corpus runs out of merges).
         model_max_length: stored as the tokenizer's maximum length.
+        extra_tokens: more special tokens (after :data:`SPECIAL_TOKENS`, in order), e.g. a family's image markers.
+        extra_special_tokens: named special tokens (``{"image_token": "<image>"}`` by default) that become
+            tokenizer attributes (``tokenizer.image_token``, ``tokenizer.image_token_id``).
+        add_bos: prepend ``<s>`` when encoding (Llama-like); False for Qwen-like tokenizers.
+        names: the strings of ``bos``/``eos``/``unk``/``pad`` when a family spells them differently (the token
+            ids stay those of :data:`SPECIAL_TOKENS`); e.g. ``{"eos": "<|im_end|>"}``.
 
     Returns:
         A ``PreTrainedTokenizerFast`` with the 256 byte symbols (so any text encodes), ``<unk>``/``<s>``/``</s>``/
@@ -237,24 +245,28 @@ def build_tokenizer(corpus: Iterable[str] | None = None, *, vocab_size: int = 10
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ConfigError(f"vocab_size={vocab_size} must be at least {256 + len(SPECIAL_TOKENS)} (bytes + specials)")
+    names = {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<pad>", **(names or {})}
+    specials = [names["unk"], names["bos"], names["eos"], names["pad"], *SPECIAL_TOKENS[4:]]
+    specials += [t for t in extra_tokens if t not in specials]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+        vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     texts = default_corpus() if corpus is None else corpus
     tok.train_from_iterator((t for t in texts if isinstance(t, str) and t), trainer=trainer)
-    bos_id = tok.token_to_id("<s>")
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]),
-    ])
+    bos = names["bos"]
+    steps = [processors.ByteLevel(trim_offsets=False)]
+    if add_bos:
+        steps.append(processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                   special_tokens=[(bos, tok.token_to_id(bos))]))
+    tok.post_processor = processors.Sequence(steps)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"}, model_max_length=model_max_length,
-        padding_side="left", clean_up_tokenization_spaces=False,
+        tokenizer_object=tok, bos_token=bos, eos_token=names["eos"], unk_token=names["unk"], pad_token=names["pad"],
+        extra_special_tokens=extra_special_tokens if extra_special_tokens is not None else {"image_token": "<image>"},
+        model_max_length=model_max_length, padding_side="left", clean_up_tokenization_spaces=False,
     )
 
 

@@ -26,7 +26,7 @@ import torch
 
 from dymoe.config import RunConfig, dump_config
 from dymoe.data.coin import load_train
-from dymoe.data.collate import VLMCollator
+from dymoe.data.collate import VLMCollator, text_only_samples
 from dymoe.data.formats import load_test
 from dymoe.data.tasks import Benchmark, TaskSpec, load_benchmark
 from dymoe.errors import ConfigError, DymoeError
@@ -38,6 +38,7 @@ from dymoe.injection.state import load_adapter_into, load_method_state, save_ada
 from dymoe.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from dymoe.methods import build_method
 from dymoe.methods.base import TaskInfo, attach_method_modules
+from dymoe.models.families import is_text_only
 from dymoe.runner.engines import uses_deepspeed
 from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin
 from dymoe.runner.rundir import RunDir
@@ -240,12 +241,20 @@ class ContinualRun:
                 rows = ", ".join(f"row {s.index} ({s.reason})" for s in skipped[:5])
                 print(f"[{task.name}] skipped {len(skipped)} invalid training rows: {rows}"
                       f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
-            self._train_sets[task.name] = _subsample(list(samples), b.max_train_samples, self.cfg.training.seed)
+            samples = self._text_only(list(samples), task, "training")
+            self._train_sets[task.name] = _subsample(samples, b.max_train_samples, self.cfg.training.seed)
         return self._train_sets[task.name]
+
+    def _text_only(self, samples: list, task: TaskSpec, split: str) -> list:
+        """A causal-LM backbone takes no images: refused or skipped by ``backbone.image_samples``."""
+        if not is_text_only(self.processor):
+            return samples
+        return text_only_samples(samples, task=task.name, policy=self.cfg.backbone.image_samples, split=split)
 
     def test_set(self, task: TaskSpec) -> list:
         if task.name not in self._test_sets:
-            samples = load_test(task, instruction_type=self.benchmark.instruction_type, seed=0)
+            samples = self._text_only(load_test(task, instruction_type=self.benchmark.instruction_type, seed=0),
+                                      task, "test")
             # the same subset for every method and seed, so runs stay comparable
             self._test_sets[task.name] = _subsample(samples, self.cfg.benchmark.max_eval_samples, 0)
         return self._test_sets[task.name]
