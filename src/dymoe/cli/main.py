@@ -29,6 +29,8 @@ COMMANDS: list[str] = [
     "dymoe.cli.prepare_demo",
     "dymoe.cli.demo",
     "dymoe.cli.analyze",
+    "dymoe.cli.build_base",
+    "dymoe.cli.chat",
 ]
 
 
@@ -48,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status (0 ok, 2 user error)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default; a user who wants hub ids sets it to 0
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # a subcommand's optional positional given after its options (`dymoe chat RUN --image X "question"`): argparse
+    # consumes positionals in one go, so it is taken here (the subcommand names it with set_defaults(trailing=...))
+    trailing = getattr(args, "trailing", None)
+    if extra and trailing and getattr(args, trailing) is None and len(extra) == 1 and not extra[0].startswith("-"):
+        setattr(args, trailing, extra.pop())
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         status = args.func(args)
     except DymoeError as err:

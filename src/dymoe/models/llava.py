@@ -32,6 +32,7 @@ __all__ = [
     "is_multimodal_config",
     "language_model_prefix",
     "load_backbone",
+    "load_image_processor",
     "load_processor",
     "num_image_tokens",
 ]
@@ -201,6 +202,18 @@ def load_processor(source: str | os.PathLike, **kwargs: Any) -> Any:
         if pil is not None and type(pil).__name__.endswith("Pil"):
             processor.image_processor = pil
     return processor
+
+
+def load_image_processor(source: str | os.PathLike, **kwargs: Any) -> Any:
+    """``AutoImageProcessor.from_pretrained`` with the PIL backend where transformers has backends."""
+    import transformers
+    from transformers import AutoImageProcessor
+
+    from dymoe.models.vision_deps import IMAGE_BACKEND
+
+    if hasattr(transformers, "CLIPImageProcessorPil"):
+        kwargs.setdefault("backend", IMAGE_BACKEND)
+    return AutoImageProcessor.from_pretrained(os.fspath(source), **kwargs)
 
 
 # -------------------------------------------------------------------------------------------------------- helpers

@@ -1,7 +1,9 @@
 """Resolve what a config names into files on disk: built-in backbones and the embedded mini-CoIN.
 
 - ``backbone.path: tiny:<preset>`` builds (once, cached) the offline tiny LLaVA of that preset
-  (:func:`dymoe.models.tiny.make_tiny_llava`, random weights: for tests and smoke runs);
+  (:func:`dymoe.models.tiny.make_tiny_llava`, random weights: for tests and smoke runs); ``tiny:<family>``
+  (``tiny:qwen2_vl``, ``tiny:mllama``...) the tiny random model of that family
+  (:func:`dymoe.models.tiny_families.make_tiny_family`);
 - ``backbone.path: demo:base`` builds (once, cached, checksummed) the caption-pretrained demo base
   (:func:`dymoe.demo.base.build_demo_base`);
 - ``benchmark.file: minicoin`` generates (once, cached, checksummed) mini-CoIN at ``benchmark.minicoin_scale``.
@@ -24,10 +26,17 @@ def resolve_backbone_path(path: str) -> str:
         raise ConfigError("backbone.path is empty: give a local model folder (or tiny:test for a random tiny LLaVA)")
     if path.startswith("tiny:"):
         from dymoe.models.tiny import PRESETS, make_tiny_llava
+        from dymoe.models.tiny_families import FAMILIES, make_tiny_family
 
         preset = path.split(":", 1)[1] or "test"
+        if preset in FAMILIES and preset not in PRESETS:  # tiny:qwen2_vl, tiny:mllama, ... (random weights)
+            out = cache_dir() / "backbones" / f"tiny-{preset}-seed0"
+            if not (out / "config.json").is_file():
+                make_tiny_family(preset, out, seed=0, overwrite=True)
+            return str(out)
         if preset not in PRESETS:
-            raise ConfigError(f"backbone.path {path!r}: unknown tiny preset; known: {sorted(PRESETS)}")
+            raise ConfigError(f"backbone.path {path!r}: unknown tiny preset or family; known: {sorted(PRESETS)} "
+                              f"and {[f for f in FAMILIES if f not in PRESETS]}")
         out = cache_dir() / "backbones" / f"tiny-{preset}-seed0"
         if not (out / "config.json").is_file():
             make_tiny_llava(out, preset=preset, seed=0, overwrite=True)
