@@ -9,16 +9,18 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	# torch first: the CPU build on this kind of machine, the CUDA build on a GPU user's machine.
-	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e ".[test,bench]"
+	# torch first: the CPU build on this kind of machine, the CUDA build on a GPU user's machine; torchvision
+	# pinned to the release built for it (the vlm extra; unpinned, pip would upgrade torch to fit a newer one).
+	$(BIN)/pip install torch==2.13.0 torchvision==0.28.0
+	$(BIN)/pip install -e ".[test,bench,vlm]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/dymoe demo $(ARGS)
 
+# DYMOE_REQUIRE_VLM=1: the families that need the vlm extra fail instead of skipping when it is missing
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
+	HF_HUB_OFFLINE=1 DYMOE_REQUIRE_VLM=1 $(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -34,7 +34,12 @@ from dymoe.injection.inject import AdapterConfig, inject
 from dymoe.models.families import TOKEN_KEYS, is_text_only, tokenizer_of
 from dymoe.models.llava import load_backbone
 from dymoe.models.tiny_families import FAMILIES, make_tiny_family
-from dymoe.models.vision_deps import NEEDS_NUM2WORDS, NEEDS_TORCHVISION, MissingDependency, require_vision_deps
+from dymoe.models.vision_deps import (
+    NEEDS_NUM2WORDS,
+    NEEDS_TORCHVISION,
+    MissingDependency,
+    require_vision_deps,
+)
 
 CAUSAL = ("llama", "qwen2")
 

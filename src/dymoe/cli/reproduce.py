@@ -9,7 +9,7 @@ def register(sub) -> None:
     p.add_argument("table", choices=["main-table", "ablation"])
     p.add_argument("--benchmark", default="minicoin", help="minicoin (this machine) or coin (a GPU cluster)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--backbone", default=None, help="backbone folder (coin: your llava-1.5-7b-hf)")
+    p.add_argument("--backbone", default=None, help="backbone folder (coin: the folder `dymoe build-base llava-1.5-untuned` wrote)")
     p.add_argument("--output", "-o", default=None,
                    help="output folder (default runs/main-table for both tables, so the ablation reuses the main "
                         "table's IncMoELoRA and LLaVA-DyMoE runs)")

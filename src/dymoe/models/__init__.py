@@ -1,4 +1,6 @@
-"""Backbones: load any Hugging Face VLM / causal LM from disk (:mod:`.llava`) and build tiny offline ones (:mod:`.tiny`).
+"""Backbones: load Hugging Face VLMs / causal LMs from disk (:mod:`.llava`), per-family batching rules
+(:mod:`.families`), what some processors need (:mod:`.vision_deps`), tiny offline models (:mod:`.tiny` for LLaVA,
+:mod:`.tiny_families` for 13 other families) and the instruction-untuned LLaVA-1.5 base (:mod:`.build_base`).
 
 Importing this package does not import transformers; the functions import it when called.
 """

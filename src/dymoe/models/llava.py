@@ -1,4 +1,4 @@
-"""Load any Hugging Face vision-language model (LLaVA first) or plain causal LM from disk, plus backbone facts.
+"""Load a Hugging Face vision-language model (14 families tested) or plain causal LM from disk, plus backbone facts.
 
 :func:`load_backbone` returns ``(model, processor)``: ``AutoModelForImageTextToText`` + ``AutoProcessor`` when the
 config has a vision part, ``AutoModelForCausalLM`` + ``AutoTokenizer`` otherwise. Local folders load offline; hub
@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from dymoe.errors import ConfigError, DymoeError
-from dymoe.injection.targets import language_model_prefix  # re-exported: one function for injection and loading
+from dymoe.injection.targets import (
+    language_model_prefix,  # re-exported: one function for injection and loading
+)
 
 __all__ = [
     "DTYPES",

@@ -304,7 +304,12 @@ def _idefics(kind: str) -> Callable[[Path, int], None]:
 
 
 def _paligemma(tmp: Path, seed: int) -> None:
-    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+    )
 
     # PaliGemma has no chat template: its processor writes "<image>*n<bos>{prompt}\n" and the answer follows.
     tok = _tokenizer([], {"image_token": "<image>"}, add_bos=False, names={"bos": "<bos>", "eos": "<eos>"})
