@@ -291,6 +291,8 @@ def num_image_tokens(processor: Any) -> int:
     image_processor = _image_processor_of(processor)
     size = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}
     side = int(size) if isinstance(size, (int, float)) else _size_side(size)
+    # Qwen-style processors give a pixel *count* as "shortest_edge" (min_pixels): no need for a 3136-px probe
+    side = min(side, 1024)
     token = getattr(processor, "image_token", None) or _tokenizer_of(processor).image_token
     image = Image.new("RGB", (side, side), image_background_color(processor))
     encoded = processor(images=image, text=token, return_tensors="pt")
