@@ -314,6 +314,10 @@ class VLMCollator:
         self.pad_id = self.encoder.pad_id
         self.eos_id = self.encoder.eos_id
 
+    def _pixels(self, path, where: str):
+        """The image of a sample, decoded and padded to square (a subclass may feed in-memory images)."""
+        return self.encoder.image(path, where)
+
     def encode(self, sample: TrainSample) -> Encoded | None:
         """One sample's :class:`Encoded` (ids, labels, per-token and image tensors), or ``None`` if dropped."""
         has_image = sample.image is not None
@@ -323,7 +327,7 @@ class VLMCollator:
         eos = self.tokenizer.eos_token
         for k, (text, is_answer) in enumerate(segments):
             if k == 0:
-                image = self.encoder.image(sample.image, f"sample {sample.id!r}") if has_image else None
+                image = self._pixels(sample.image, f"sample {sample.id!r}") if has_image else None
                 enc = self.encoder.first_segment(text, image)
                 enc.labels = [IGNORE_INDEX] * len(enc.ids)
                 continue
