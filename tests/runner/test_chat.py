@@ -16,7 +16,7 @@ import pytest
 
 from dymoe.cli.main import main
 from dymoe.config import load_config
-from dymoe.data.coin import load_test
+from dymoe.data.formats import load_test
 from dymoe.io import read_jsonl
 from dymoe.runner.continual import resolve_benchmark, run
 from dymoe.runner.trained import TrainedRun
