@@ -6,8 +6,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -52,3 +57,29 @@ def tiny_qwen2_dir(tmp_path_factory):
     from dymoe.models.tiny import make_tiny_causal_lm
 
     return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "qwen2", arch="qwen2", seed=0)
+
+
+# --- a copy of tests/fixtures/coin (the exact CoIN layout) with tiny images generated for every ``image`` field ---
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "coin"
+
+
+def make_image(path: Path, size: tuple[int, int], color: tuple[int, int, int]) -> None:
+    """Write a solid-colour image (format from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+@pytest.fixture
+def coin_root(tmp_path: Path) -> Path:
+    """A writable CoIN tree: JSON from the fixtures, images generated (8×4 for grounding, 6×10 elsewhere)."""
+    root = tmp_path / "coin"
+    shutil.copytree(FIXTURE, root)
+    for json_path in sorted((root / "Instructions_Original").rglob("*.json")):
+        for k, row in enumerate(json.loads(json_path.read_text())):
+            if "image" in row:
+                img = root / "cl_dataset" / row["image"]
+                if not img.exists():
+                    size = (8, 4) if "COCO2014" in row["image"] else (6, 10)
+                    make_image(img, size, (40 * k % 256, 100, 200))
+    return root

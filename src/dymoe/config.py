@@ -9,6 +9,7 @@ options (``method.*`` besides ``name``) are validated by the method's ``Options`
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -279,7 +280,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config, apply overrides, validate; resolves relative paths against the YAML's folder."""
+    """Read a YAML run config, apply overrides, validate; resolves relative paths against the YAML's folder.
+
+    Everything that can be checked without the model and the data is checked here, before a run writes
+    anything: types, ranges, finite numbers, the method and its options, tracker and scorer names.
+    """
     data: dict = {}
     base_dir = Path.cwd()
     if path is not None:
@@ -288,14 +293,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         base_dir = path.resolve().parent
     data = apply_overrides(data, overrides or [])
     cfg = build_dataclass(RunConfig, data)
-    if "name" not in cfg.method or not isinstance(cfg.method["name"], str):
+    name = cfg.method.get("name")
+    if name is None:
         raise ConfigError("method.name is required (see `dymoe ls` for the known methods)")
+    if not isinstance(name, str):
+        raise ConfigError(f"method.name must be a method name (a string), got {name!r}; see `dymoe ls`")
     cfg.backbone.path = _resolve(cfg.backbone.path, base_dir)
     if cfg.benchmark.file != "minicoin":
         cfg.benchmark.file = _resolve(cfg.benchmark.file, base_dir)
     if cfg.benchmark.data_root:
         cfg.benchmark.data_root = _resolve(cfg.benchmark.data_root, base_dir)
-    _check_ranges(cfg)
+    validate(cfg)
     return cfg
 
 
@@ -308,8 +316,48 @@ def _resolve(value: str, base_dir: Path) -> str:
     return str(candidate) if candidate.exists() else value
 
 
+# the per-task seed ``training.seed * 1000 + k`` goes to numpy, which takes seeds below 2**32 (k < 1000 tasks)
+MAX_SEED = (2**32 - 1) // 1000 - 1
+
+
+def validate(cfg: RunConfig) -> None:
+    """Every check that needs neither the model nor the data (:class:`ConfigError` naming the first bad key)."""
+    _check_finite(cfg.to_dict(), "")
+    _check_ranges(cfg)
+    _check_trackers(cfg.trackers)
+    from dymoe.eval.scorers import SCORERS
+
+    for task, scorer in cfg.evaluation.scorers.items():
+        if scorer not in SCORERS:
+            raise ConfigError(f"evaluation.scorers.{task}: unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
+    from dymoe.methods import build_method  # here: dymoe.methods imports this module
+
+    build_method(cfg.method)  # unknown method name or option, an option's type
+
+
+def _check_finite(node: Any, key: str) -> None:
+    """NaN and infinity are refused everywhere (a NaN lr or temperature trains garbage without an error)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}: {node} is not a finite number")
+
+
+def _check_trackers(trackers: list[str]) -> None:
+    from accelerate.utils import LoggerType
+
+    known = [t.value for t in LoggerType if t.value != "all"]
+    for i, name in enumerate(trackers):
+        if name != "none" and name not in known:
+            raise ConfigError(f"trackers[{i}]: unknown tracker {name!r}; known: {known + ['none']}")
+
+
 def _check_ranges(cfg: RunConfig) -> None:
-    t = cfg.training
+    t, ev, b, a = cfg.training, cfg.evaluation, cfg.benchmark, cfg.adapter
     checks = [
         ("training.epochs", t.epochs > 0, "> 0"),
         ("training.batch_size", t.batch_size >= 1, ">= 1"),
@@ -317,15 +365,33 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("training.global_batch_size", t.global_batch_size is None or t.global_batch_size >= 1, ">= 1 or null"),
         ("training.lr", t.lr > 0, "> 0"),
         ("training.warmup_ratio", 0 <= t.warmup_ratio < 1, "in [0, 1)"),
+        ("training.weight_decay", t.weight_decay >= 0, ">= 0"),
+        ("training.max_grad_norm", t.max_grad_norm >= 0, ">= 0 (0 = no clipping)"),
         ("training.max_length", t.max_length >= 8, ">= 8"),
+        ("training.seed", 0 <= t.seed <= MAX_SEED,
+         f"in [0, {MAX_SEED}] (seed x 1000 + task index is a numpy seed, < 2**32)"),
         ("training.save_every_steps", t.save_every_steps >= 0, ">= 0"),
-        ("evaluation.batch_size", cfg.evaluation.batch_size >= 1, ">= 1"),
-        ("evaluation.max_new_tokens", cfg.evaluation.max_new_tokens >= 1, ">= 1"),
+        ("training.num_workers", t.num_workers >= 0, ">= 0"),
+        ("training.log_every", t.log_every >= 1, ">= 1"),
+        ("benchmark.max_train_samples", b.max_train_samples is None or b.max_train_samples >= 1,
+         ">= 1 or null (all); an empty training set trains nothing"),
+        ("benchmark.max_eval_samples", b.max_eval_samples is None or b.max_eval_samples >= 1,
+         ">= 1 or null (all); an empty test set would score 0"),
+        ("evaluation.batch_size", ev.batch_size >= 1, ">= 1"),
+        ("evaluation.max_new_tokens", ev.max_new_tokens >= 1, ">= 1"),
+        ("evaluation.max_length", ev.max_length >= 8, ">= 8"),
+        ("adapter.alpha", a.alpha > 0, "> 0"),
+        ("adapter.dropout", 0 <= a.dropout < 1, "in [0, 1)"),
+        ("adapter.cos_scale", a.cos_scale > 0, "> 0"),
+        ("adapter.bank_rank", a.bank_rank is None or a.bank_rank >= 1, ">= 1 or null"),
         ("replay.samples_per_task", cfg.replay.samples_per_task >= 0, ">= 0"),
+        ("replay.seed", cfg.replay.seed >= 0, ">= 0"),
     ]
+    values = {"training": t, "evaluation": ev, "benchmark": b, "adapter": a, "replay": cfg.replay}
     for key, ok, allowed in checks:
         if not ok:
-            raise ConfigError(f"{key} must be {allowed}")
+            section, name = key.split(".")
+            raise ConfigError(f"{key} must be {allowed}, got {getattr(values[section], name)!r}")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -20,3 +20,11 @@ class DataError(DymoeError):
 
 class CheckpointError(DymoeError):
     """Adapter checkpoint that does not match the model (missing key, wrong shape, unknown format)."""
+
+
+class OutputError(DymoeError):
+    """An output file cannot be written (full disk, read-only file system, no permission)."""
+
+
+class RunLockedError(DymoeError):
+    """Another process is using the run directory."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 
 from dymoe.errors import DataError
 from dymoe.eval.metrics import validate_matrix
+from dymoe.io import atomic_writer
 
 __all__ = ["plot_accuracy_matrix", "plot_radar", "plot_task_curves"]
 
@@ -29,17 +29,9 @@ Matrix = Sequence[Sequence[float]]
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
     """Write ``fig`` as PNG to ``path`` through a temp file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_writer(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    return Path(path)
 
 
 def _checked(tasks: Sequence[str], matrix: Matrix) -> list[list[float]]:

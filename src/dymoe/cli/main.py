@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except DymoeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the environment, not a bug: a full disk, a read-only or missing path, permissions
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dymoe import io
 from dymoe.errors import DataError
 from dymoe.eval.scorers import ANNOTATION_KEYS, SCORERS, base_name, load_annotations, read_json
 
@@ -30,22 +31,7 @@ def register(sub) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     """Read a predictions JSONL; a bad line raises :class:`DataError` naming the file and line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {i + 1}: malformed JSON: {err.msg}") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path} line {i + 1}: expected a JSON object")
-        out.append(obj)
-    return out
+    return io.read_jsonl(path)
 
 
 def _annotation_files(scorer: str, specs: list[str]) -> dict[str, Path]:

@@ -32,7 +32,8 @@ from dymoe.data.images import load_image, resolve_image
 from dymoe.data.tasks import EvalSet, TaskSpec, TrainFile, normalize_instruction_type
 from dymoe.data.templates import rewrite_prompt
 from dymoe.errors import DataError
-from dymoe.eval.scorers import read_json
+from dymoe.eval.scorers import SCORERS, base_name
+from dymoe.io import parse_json, read_json, read_text
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +82,21 @@ class TrainSet(list):
 
 
 def read_json_rows(path: Path) -> list[dict]:
-    """Parse a JSON list of objects (or, for a ``.jsonl`` file, one object per line); malformed JSON, a non-list or
-    a non-object row raises :class:`DataError`."""
+    """Parse a JSON list of objects (or, for a ``.jsonl`` file, one object per line); a missing, unreadable or
+    non-UTF-8 file, a directory, malformed JSON, a non-list or a non-object row raises :class:`DataError` naming
+    the file (and row)."""
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            if path.suffix == ".jsonl":
-                data = []
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            data.append(json.loads(line))
-                        except json.JSONDecodeError as err:
-                            raise DataError(f"{path} line {n}: malformed JSON: {err.msg}") from None
-            else:
-                data = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    text = read_text(path)
+    if path.suffix == ".jsonl":
+        data = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    data.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path} line {n}: malformed JSON: {err.msg}") from None
+    else:
+        data = parse_json(text, path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
     for i, row in enumerate(data):
@@ -232,7 +229,7 @@ def load_side_index(task: TaskSpec | EvalSet) -> dict[str, dict] | None:
     if key is None or key not in task.annotations:
         return None
     path = task.annotations[key]
-    if not path.is_file():
+    if not path.exists():  # a directory or an unreadable file is an error (read_json says which), not a fallback
         log.warning("%s: side file %s not found; scoring falls back to the test file's inline answers", task.name, path)
         return None
     data = read_json(path)
@@ -264,6 +261,88 @@ def _check_truth(row: dict, scorer: str, where: str) -> None:
         raise DataError(f"{where}: missing field {missing[0]!r} (needed by scorer {scorer!r})")
 
 
+def parse_test_row(row: dict, index: int, eval_set: EvalSet | TaskSpec, side: dict[str, dict] | None, *,
+                   check_images: bool = True) -> tuple[dict, Path | None]:
+    """Validate one CoIN test row of ``eval_set`` (or of a task's first set); returns ``(reference, image)`` or
+    raises :class:`DataError` naming file and row.
+
+    Checks ``question_id`` (a string or an integer), ``text`` (a string), the side-file entry when a side file is
+    loaded (else the inline ground truth the scorer needs) and the image path (``check_images``: it exists).
+    """
+    path = eval_set.path if isinstance(eval_set, EvalSet) else eval_set.test
+    where = f"{path} row {index}"
+    for key in ("question_id", "text"):
+        if key not in row:
+            raise DataError(f"{where}: missing field {key!r}")
+    qid = row["question_id"]
+    if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+        raise DataError(f"{where}: 'question_id' must be a string or an integer, got {qid!r}")
+    if not isinstance(row["text"], str):
+        raise DataError(f"{where}: 'text' must be a string")
+    ref = dict(row)
+    if side is not None:
+        entry = side.get(str(qid))
+        if entry is None:
+            raise DataError(f"{where}: question_id {qid!r} is not in the side file")
+        ref["annotation"] = entry
+    else:
+        _check_truth(row, eval_set.scorer, where)
+    return ref, _image(row, eval_set, where, check_images=check_images)
+
+
+# scorers that align predictions with references by list position (CoIN's ImageNet script), for which a repeated
+# question_id does no harm; every other scorer matches by question_id
+_ALIGNED_BY_POSITION = {"imagenet"}
+
+
+def duplicate_question_ids(rows: list[dict]) -> list[tuple[int, int, Any]]:
+    """``(row, first row, question_id)`` for every row whose ``question_id`` repeats an earlier one (as strings:
+    the scorers compare ``17`` and ``"17"`` as equal)."""
+    first: dict[str, int] = {}
+    out = []
+    for i, row in enumerate(rows):
+        if "question_id" not in row:
+            continue
+        key = str(row["question_id"])
+        if key in first:
+            out.append((i, first[key], row["question_id"]))
+        else:
+            first.setdefault(key, i)
+    return out
+
+
+def check_scorable(path: Path, samples: list[TestSample], scorer: str, annotations: dict | None) -> None:
+    """Run ``scorer`` on empty answers to ``samples`` (of the test file ``path``): a reference the scorer cannot
+    read (a missing or malformed field, an entry absent from a side file) raises :class:`DataError` naming the
+    test file and question now, not after a task has trained. Repeated question ids are refused unless the
+    scorer aligns by position. A scorer that fails on empty answers in another way is left to the real scoring."""
+    if base_name(scorer) not in _ALIGNED_BY_POSITION or scorer.endswith("-strict"):
+        dups = duplicate_question_ids([s.reference for s in samples])
+        if dups:
+            _, _, qid = dups[0]
+            raise DataError(f"{path}: question_id {qid!r} appears more than once ({len(dups)} repeated ids); "
+                            f"scorer {scorer!r} matches answers by question_id")
+    fn = SCORERS.get(scorer)
+
+    def score(subset: list[TestSample]) -> None:
+        fn([{"question_id": s.question_id, "text": ""} for s in subset], [s.reference for s in subset], annotations)
+
+    try:
+        score(samples)
+    except DataError as whole:
+        for s in samples:  # name the first question the scorer cannot read
+            try:
+                score([s])
+            except DataError as err:
+                raise DataError(f"{path}: question_id {s.question_id!r}: scorer {scorer!r} cannot score it "
+                                f"({err})") from None
+            except Exception:  # noqa: BLE001 - see the docstring
+                continue
+        raise DataError(f"{path}: scorer {scorer!r} cannot score this test set ({whole})") from None
+    except Exception:  # noqa: BLE001 - see the docstring
+        return
+
+
 def load_coin_test(
     task: TaskSpec, eval_set: EvalSet, *, instruction_type: str = "origin", seed: int = 0
 ) -> list[TestSample]:
@@ -278,21 +357,7 @@ def load_coin_test(
     side = load_side_index(eval_set)
     out = []
     for i, row in enumerate(read_json_rows(eval_set.path)):
-        where = f"{eval_set.path} row {i}"
-        for key in ("question_id", "text"):
-            if key not in row:
-                raise DataError(f"{where}: missing field {key!r}")
-        if not isinstance(row["text"], str):
-            raise DataError(f"{where}: 'text' must be a string")
-        ref = dict(row)
-        if side is not None:
-            entry = side.get(str(row["question_id"]))
-            if entry is None:
-                raise DataError(f"{where}: question_id {row['question_id']!r} is not in the side file")
-            ref["annotation"] = entry
-        else:
-            _check_truth(row, eval_set.scorer, where)
-        image = _image(row, eval_set, where, check_images=True)
+        ref, image = parse_test_row(row, i, eval_set, side)
         prompt = rewrite_prompt(strip_image_token(row["text"]), task.name, itype, rng)
         out.append(TestSample(row["question_id"], image, prompt, ref))
     return out

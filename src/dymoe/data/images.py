@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dymoe.errors import DataError
@@ -27,15 +28,50 @@ def resolve_image(root: Path, rel: str, *, where: str) -> Path:
     return Path(root) / norm
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any Pillow image, keeping the tonal range of high-bit-depth modes.
+
+    ``convert("RGB")`` clips 16/32-bit grey values to 255 (a 16-bit PNG turns white). Instead:
+
+    * ``I;16`` (16-bit grey PNG/TIFF, any byte order): ``round(v / 257)``, i.e. 0..65535 → 0..255;
+    * ``I`` (32-bit integers) and ``F`` (floats): the range the values fit decides: [0, 1] (floats only) is scaled
+      by 255, [0, 255] is kept, [0, 65535] is divided by 257, anything else (negative values, larger ones) is
+      stretched linearly from its minimum to its maximum;
+    * every other mode (1, L, P, LA, RGBA, CMYK, YCbCr, 48-bit RGB read as RGB, ...) uses ``convert("RGB")``, as
+      LLaVA does (an alpha channel is dropped).
+    """
+    mode = img.mode
+    if not (mode.startswith("I") or mode == "F"):
+        return img.convert("RGB")
+    a = np.asarray(img, dtype=np.float64)  # [H, W]
+    if mode.startswith("I;16"):
+        grey = a / 257.0
+    else:
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if mode == "F" and lo >= 0 and hi <= 1:
+            grey = a * 255.0
+        elif lo >= 0 and hi <= 255:
+            grey = a
+        elif lo >= 0 and hi <= 65535:
+            grey = a / 257.0
+        else:
+            grey = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    grey8 = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey8).convert("RGB")
+
+
 def load_image(path: Path, *, where: str | None = None) -> Image.Image:
-    """Open and fully decode an image as RGB; a missing or undecodable file raises :class:`DataError`."""
+    """Open and fully decode an image as RGB (:func:`to_rgb`: 16-bit and float images keep their range); a
+    missing or undecodable file, or a directory, raises :class:`DataError`."""
     prefix = f"{where}: " if where else ""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except FileNotFoundError:
         raise DataError(f"{prefix}image {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{prefix}image {path} is a directory, expected an image file") from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{prefix}image {path} does not decode: {err}") from None
 

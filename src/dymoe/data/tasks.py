@@ -39,7 +39,7 @@ from typing import Any
 
 from dymoe.errors import ConfigError
 from dymoe.eval.scorers import SCORERS  # the registry is the source of truth for scorer names
-from dymoe.io import read_yaml_mapping
+from dymoe.io import read_yaml_mapping, safe_filename
 
 # Evaluation-set format names (their readers are registered in :data:`dymoe.data.formats.FORMATS`, which checks at
 # import that it implements exactly these). Declared here so a benchmark file is validated on load without the task
@@ -300,6 +300,22 @@ def _task(raw: Any, idx: int, root: Path, path: Path) -> TaskSpec:
     )
 
 
+def _check_folder_names(names: list[str], path: Path) -> None:
+    """Each task gets folders named after it (``predictions/<name>/``, ``checkpoints/task_<k>_<name>``): two names
+    that map to one folder name ("Viz Wiz" / "Viz_Wiz", or "VizWiz" / "vizwiz" on a case-insensitive file system)
+    would share predictions, and a name that is only dots or starts with one would be a hidden or parent folder."""
+    seen: dict[str, str] = {}
+    for name in names:
+        folder = safe_filename(name)
+        if folder.startswith("."):
+            raise ConfigError(f"{path}: task name {name!r} cannot be a folder name (it would be {folder!r}); "
+                              "rename the task")
+        other = seen.setdefault(folder.lower(), name)
+        if other != name:
+            raise ConfigError(f"{path}: task names {other!r} and {name!r} map to the same folder name "
+                              f"({safe_filename(other)!r} / {folder!r}, compared ignoring case); rename one of them")
+
+
 def _order(order: Any, orders: dict[str, list[str]], names: list[str], where: str) -> list[str]:
     if isinstance(order, str):
         if order not in orders:
@@ -347,6 +363,7 @@ def load_benchmark(
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: task names repeat: {names}")
+    _check_folder_names(names, path)
     orders = default_orders(names)
     given = raw.get("orders") or {}
     if not isinstance(given, dict):

@@ -26,14 +26,12 @@ The peers define their own aggregates (:data:`METRICS` lists every definition, `
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from dymoe.errors import DataError
+from dymoe.io import atomic_write_json, read_json
 from dymoe.registry import Registry
 
 Matrix = list[list[float]]
@@ -131,12 +129,7 @@ def load_matrix(path: str | Path) -> tuple[list[str], Matrix]:
     are not unique strings, more rows than tasks, a row of the wrong length or a non-numeric cell.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or "tasks" not in data or "accuracy" not in data:
         raise DataError(f"{path}: expected an object with keys 'tasks' and 'accuracy'")
     tasks = data["tasks"]
@@ -162,16 +155,7 @@ def save_matrix(
         extra["full"] = True
     if max_cell != 100.0:
         extra["max_cell"] = max_cell
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"tasks": list(tasks), "accuracy": matrix, **extra}, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, {"tasks": list(tasks), "accuracy": matrix, **extra}, indent=2)
 
 
 # ------------------------------------------------------------------------------------------ the peers' definitions

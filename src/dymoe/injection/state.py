@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from dymoe.errors import CheckpointError
 from dymoe.injection.inject import AdapterConfig, ExpertAdapter, inject
+from dymoe.io import apply_umask, make_temp_dir, read_text
 
 FORMAT = "dymoe-adapter"
 VERSION = 1
@@ -37,8 +37,7 @@ METHOD_FILE = "method_state.safetensors"
 
 def _atomic_dir(path: Path):
     """Create a temporary sibling of ``path``; returns it and a commit function that swaps it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = make_temp_dir(path.parent, path.name)  # umask permissions (mkdtemp alone gives 0700)
 
     def commit() -> None:
         old = None
@@ -75,6 +74,8 @@ def save_adapter(
         if method_state:
             save_file({k: v.detach().contiguous().cpu() for k, v in method_state.items()}, str(tmp / METHOD_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        for f in tmp.iterdir():
+            apply_umask(f)  # safetensors creates its files 0600
         commit()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -89,10 +90,11 @@ def read_adapter_meta(path: str | os.PathLike) -> dict:
     if not meta_path.is_file():
         raise CheckpointError(f"{path}: not an adapter checkpoint ({META_FILE} is missing)")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(read_text(meta_path, error=CheckpointError))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{meta_path}: invalid JSON ({err})") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = meta if isinstance(meta, dict) else {}
         raise CheckpointError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{meta_path}: version {meta.get('version')!r} is not supported (expected {VERSION})")
@@ -103,9 +105,15 @@ def read_adapter_meta(path: str | os.PathLike) -> dict:
 
 
 def load_method_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The method tensors saved beside the adapter (empty if there are none)."""
+    """The method tensors saved beside the adapter (empty if there are none); an unreadable file (truncated,
+    damaged) raises :class:`CheckpointError` naming it."""
     f = Path(path) / METHOD_FILE
-    return load_file(str(f)) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        return load_file(str(f))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{f}: cannot read ({err})") from None
 
 
 def load_adapter_into(adapter: ExpertAdapter, path: str | os.PathLike) -> dict:

@@ -25,26 +25,37 @@ from pathlib import Path
 import torch
 
 from dymoe.config import RunConfig, dump_config
-from dymoe.data.coin import load_train
+from dymoe.data.coin import check_scorable, load_train, read_json_rows
 from dymoe.data.collate import VLMCollator, text_only_samples
 from dymoe.data.formats import load_test
 from dymoe.data.tasks import Benchmark, TaskSpec, load_benchmark
-from dymoe.errors import ConfigError, DymoeError
+from dymoe.errors import CheckpointError, ConfigError, DataError, DymoeError, OutputError
 from dymoe.eval.generate import generate_predictions
 from dymoe.eval.metrics import save_matrix, summarize
 from dymoe.eval.scorers import SCORERS, load_annotations
 from dymoe.injection.inject import inject
 from dymoe.injection.state import load_adapter_into, load_method_state, save_adapter
-from dymoe.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from dymoe.io import (
+    WRITE_ERRNOS,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    describe_os_error,
+    read_jsonl,
+    writing,
+)
 from dymoe.methods import build_method
 from dymoe.methods.base import TaskInfo, attach_method_modules
 from dymoe.models.families import is_text_only
 from dymoe.runner.engines import uses_deepspeed
 from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin
-from dymoe.runner.rundir import RunDir
+from dymoe.runner.rundir import RunDir, RunLock
 from dymoe.runner.trainer import TaskTrainer, resolve_batching
 
 log = logging.getLogger(__name__)
+
+RESUME_HINT = ("Every file written so far in {root} is complete (writes are atomic): make room or make the directory "
+               "writable, then run the same command again to resume where it stopped.")
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path):
@@ -161,19 +172,41 @@ def restrict_to_evaluated(annotations: dict, question_ids: list) -> dict:
 
 
 class ContinualRun:
-    """One method over one task sequence in one run directory (see the module docstring)."""
+    """One method over one task sequence in one run directory (see the module docstring).
 
-    def __init__(self, cfg: RunConfig, output: str | Path, *, accelerator=None, evaluation_only: bool = False):
-        """``evaluation_only``: re-evaluating an existing run (``dymoe eval``): evaluation settings may differ from
-        the stored config, which is then neither checked nor rewritten."""
+    ``evaluation_only``: re-evaluating an existing run (``dymoe eval``) from its checkpoints; results go to the run
+    directory when the evaluation settings are the stored ones, else to ``results_dir`` (``RUN/evals/<name>``),
+    which gets its own ``config.yaml`` so that every matrix sits beside the settings that produced it.
+    """
+
+    def __init__(self, cfg: RunConfig, output: str | Path, *, accelerator=None, evaluation_only: bool = False,
+                 results_dir: str | Path | None = None):
         self.cfg = cfg
         self.evaluation_only = evaluation_only
-        self.dir = RunDir(output)
+        self.dir = RunDir(output)  # checkpoints (and, for a run, everything)
+        self.out = RunDir(results_dir) if results_dir is not None else self.dir  # matrix, metrics, predictions
+        self.lock = RunLock(self.dir.root)
         self.acc = accelerator or make_accelerator(cfg, self.dir.root)
         self.main = self.acc.is_main_process
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        """Lock the run directory, check everything that can be checked, load the model; only then write
+        ``config.yaml`` and ``env.json``. A failure leaves a new run directory as it was: absent."""
+        if self.main:
+            self.lock.acquire()  # first: a second process on this directory stops here, before reading anything
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory (the lock)."""
+        if self.main:
+            self.lock.release()
+
+    def _setup(self) -> None:
         cfg, acc = self.cfg, self.acc
         # the batch layout first: a global batch that does not divide is an error before anything is written
         try:
@@ -188,13 +221,21 @@ class ContinualRun:
         if self.main and not self.evaluation_only:
             print(f"training: {self.batching.describe()}", file=sys.stderr)
         resolved = dump_config(cfg)
-        if not self.evaluation_only:
-            self.dir.check_config(resolved)
+        if self.main:
+            self.dir.remove_temp_files()  # leftovers of a killed run; no one else writes here (we hold the lock)
+            self.out.check_config(resolved)
         with acc.main_process_first():
             self.benchmark = resolve_benchmark(cfg)
             backbone = resolve_backbone_path(cfg.backbone.path)
         self.tasks: list[TaskSpec] = self.benchmark.tasks
         self.names = [t.name for t in self.tasks]
+        for name in cfg.evaluation.scorers:
+            if name not in self.names:
+                raise ConfigError(f"evaluation.scorers: no task {name!r} in this run; tasks: {self.names}")
+        self.method = build_method(cfg.method)
+        self._train_sets: dict[str, list] = {}
+        self._test_sets: dict[str, list] = {}
+        self._annotations: dict[tuple[str, str], dict] = {}
         from dymoe.models.llava import load_backbone
 
         dtype = cfg.backbone.dtype
@@ -204,7 +245,6 @@ class ContinualRun:
             backbone, dtype=dtype, attn_implementation=cfg.backbone.attn_implementation,
             trust_remote_code=cfg.backbone.trust_remote_code,
         )
-        self.method = build_method(cfg.method)
         self.adapter_cfg = self.method.configure_adapter(cfg.adapter)
         self.adapter = inject(self.model, self.adapter_cfg)
         # the method's own modules live inside the model: moved, wrapped by DDP/ZeRO and saved with the method state
@@ -216,31 +256,42 @@ class ContinualRun:
             if hasattr(self.model, "enable_input_require_grads"):
                 self.model.enable_input_require_grads()
         self.method.setup(self.model, self.adapter)
+        # every test set read and checked against its scorer, every training file checked: before anything trains
+        # or is written (after the processor, which says whether image samples are taken)
+        for task in self.tasks:
+            scorer = self.scorer_name(task)
+            check_scorable(task.test, self.test_set(task), scorer, self.annotations(task, scorer))
+            if not self.evaluation_only:
+                _check_train_file(task)
         self.collator = VLMCollator(self.processor, max_length=cfg.training.max_length)
         self.trainer = TaskTrainer(self.model, self.adapter, self.method, self.collator, cfg.training, acc,
                                    batching=self.batching, step_log=self.dir.root / "train_steps.jsonl")
         # written only once everything above succeeded: a failed start leaves no run directory behind
+        if self.main and (not self.evaluation_only or self.out is not self.dir):
+            atomic_write_text(self.out.config, resolved)
         if self.main and not self.evaluation_only:
-            self.dir.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.dir.config, resolved)
             atomic_write_json(self.dir.env, {**environment(cfg, acc, self.batching), "tasks": self.names,
                                              "benchmark": str(self.benchmark.name)})
-        self._train_sets: dict[str, list] = {}
-        self._test_sets: dict[str, list] = {}
-        self._annotations: dict[tuple[str, str], dict] = {}
         if acc.log_with:
             acc.init_trackers("dymoe", config=_flat(cfg.to_dict()))
 
     def train_set(self, task: TaskSpec) -> list:
         if task.name not in self._train_sets:
             b = self.cfg.benchmark
+            # skip_invalid also decodes every image here, so that one that does not decode is skipped (not a crash
+            # in the middle of the task)
             samples = load_train(task, instruction_type=self.benchmark.instruction_type,
-                                 seed=self.cfg.training.seed, skip_invalid=b.skip_invalid)
+                                 seed=self.cfg.training.seed, skip_invalid=b.skip_invalid,
+                                 decode_images=b.skip_invalid)
             skipped = getattr(samples, "skipped", [])
             if skipped and self.main:
                 rows = ", ".join(f"row {s.index} ({s.reason})" for s in skipped[:5])
                 print(f"[{task.name}] skipped {len(skipped)} invalid training rows: {rows}"
                       f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+            if not samples:
+                why = f" (all {len(skipped)} rows are invalid)" if skipped else ""
+                files = ", ".join(str(f.path) for f in task.train_files)
+                raise DataError(f"{files}: task {task.name!r} has no training samples{why}; it would train 0 steps")
             samples = self._text_only(list(samples), task, "training")
             self._train_sets[task.name] = _subsample(samples, b.max_train_samples, self.cfg.training.seed)
         return self._train_sets[task.name]
@@ -253,8 +304,11 @@ class ContinualRun:
 
     def test_set(self, task: TaskSpec) -> list:
         if task.name not in self._test_sets:
-            samples = self._text_only(load_test(task, instruction_type=self.benchmark.instruction_type, seed=0),
-                                      task, "test")
+            samples = load_test(task, instruction_type=self.benchmark.instruction_type, seed=0)
+            if not samples:
+                raise DataError(f"{task.test}: task {task.name!r} has no test questions; an empty test set would "
+                                "score 0 and pull down every average")
+            samples = self._text_only(samples, task, "test")
             # the same subset for every method and seed, so runs stay comparable
             self._test_sets[task.name] = _subsample(samples, self.cfg.benchmark.max_eval_samples, 0)
         return self._test_sets[task.name]
@@ -277,27 +331,35 @@ class ContinualRun:
     def run(self) -> dict:
         """Train and evaluate the whole sequence (resuming what is already there); returns the metrics."""
         self.setup()
-        done = self.dir.completed_tasks(self.names)
-        rows = self.dir.matrix_rows(self.names)
-        if len(rows) > done:
-            raise DymoeError(f"{self.dir.matrix} has {len(rows)} rows but only {done} task checkpoints exist")
-        if done:
-            self._load_checkpoint(done)
-        train_log: dict[str, dict] = self._read_metrics().get("train", {})
-        for k, task in enumerate(self.tasks):
-            info = TaskInfo(index=k, name=task.name, num_tasks=len(self.tasks))
-            if k >= done:
-                train_log[task.name] = self.train_task(k, task, info)
-            if k >= len(rows):
-                if k < done - 1:
-                    raise DymoeError(f"{self.dir.root}: row {k + 1} of the matrix is missing but later tasks are done")
-                rows.append(self.evaluate_seen(k))
-                self.write_results(rows, train_log)
-        # trackers end here; the process group stays up for the next run in this process (``dymoe reproduce``
-        # runs several) and is destroyed at exit (accelerate's end_training would destroy it now)
-        for tracker in self.acc.trackers:
-            tracker.finish()
-        return self._read_metrics()
+        try:
+            done = self.dir.completed_tasks(self.names)
+            rows = self.dir.matrix_rows(self.names)
+            if len(rows) > done:
+                raise DymoeError(f"{self.dir.matrix} has {len(rows)} rows but only {done} task checkpoints exist")
+            if done:
+                self._load_checkpoint(done)
+            # the log of finished tasks lives in their checkpoints: kept even when a run was killed before it
+            # wrote metrics.json (during the evaluation after a task)
+            train_log = self.dir.train_log(self.names, done)
+            for k, task in enumerate(self.tasks):
+                info = TaskInfo(index=k, name=task.name, num_tasks=len(self.tasks))
+                if k >= done:
+                    train_log[task.name] = self.train_task(k, task, info)
+                if k >= len(rows):
+                    if k < done - 1:
+                        raise DymoeError(f"{self.dir.root}: row {k + 1} of the matrix is missing but later tasks "
+                                         "are done")
+                    rows.append(self.evaluate_seen(k))
+                    self.write_results(rows, train_log)
+            # trackers end here; the process group stays up for the next run in this process (``dymoe reproduce``
+            # runs several) and is destroyed at exit (accelerate's end_training would destroy it now)
+            for tracker in self.acc.trackers:
+                tracker.finish()
+            if self.main:
+                self.dir.remove_temp_files()
+            return self._read_metrics()
+        finally:
+            self.close()
 
     def train_task(self, k: int, task: TaskSpec, info: TaskInfo) -> dict:
         cfg = self.cfg
@@ -317,26 +379,52 @@ class ContinualRun:
             print(f"task {k + 1}/{len(self.tasks)} {task.name}: {len(samples)} samples, "
                   f"{n_trainable:,} trainable parameters", file=sys.stderr)
         partial = self.dir.partial(k + 1, task.name) if cfg.training.save_every_steps else None
-        result = self.trainer.train(info, samples, seed=cfg.training.seed * 1000 + k, step_dir=partial)
+        if partial is not None and self.main:
+            damaged = self.dir.check_partial(k + 1, task.name)
+            if damaged:
+                print(f"the step checkpoint of task {k + 1} is damaged and was removed ({damaged}); the task "
+                      "restarts from its beginning (same result: seeds are per task)", file=sys.stderr)
+        self.acc.wait_for_everyone()
+        with writing(partial or self.dir.root, "step checkpoint", errnos=WRITE_ERRNOS):
+            result = self.trainer.train(info, samples, seed=cfg.training.seed * 1000 + k, step_dir=partial)
         self.method.after_task(info, self.trainer)
+        log = {**result.__dict__, "trainable_params": n_trainable}
         if self.main:
-            save_adapter(self.adapter, self.dir.checkpoint(k + 1, task.name),
-                         metadata={"task": task.name, "task_index": k + 1, "method": self.method.describe(),
-                                   "trainable_params": n_trainable},
-                         method_state=self.method.checkpoint_state())
+            with writing(self.dir.checkpoint(k + 1, task.name), "checkpoint"):  # safetensors' I/O errors too
+                save_adapter(self.adapter, self.dir.checkpoint(k + 1, task.name),
+                             metadata={"task": task.name, "task_index": k + 1, "method": self.method.describe(),
+                                       "trainable_params": n_trainable, "train": log},
+                             method_state=self.method.checkpoint_state())
             self.dir.clear_partial(k + 1, task.name)
         self.acc.wait_for_everyone()
-        return {**result.__dict__, "trainable_params": n_trainable}
+        return log
 
     def _load_checkpoint(self, k: int) -> None:
         ckpt = self.dir.checkpoint(k, self.names[k - 1])
-        load_adapter_into(self.adapter, ckpt)
-        self.method.load_checkpoint_state(load_method_state(ckpt))
+        try:
+            load_adapter_into(self.adapter, ckpt)
+            self.method.load_checkpoint_state(load_method_state(ckpt))
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}. The checkpoint after task {k} of {self.dir.root} is damaged: restore it, "
+                                  "or start again in a new --output directory") from None
         self.adapter.model.to(self.acc.device)
 
     def scorer_name(self, task: TaskSpec) -> str:
         name = self.cfg.evaluation.scorers.get(task.name, task.scorer)
         return f"{name}-strict" if self.cfg.evaluation.scorer_variant == "strict" and not name.endswith("-strict") else name
+
+    def _stored_predictions(self, path: Path, samples: list) -> list[dict]:
+        """Predictions written by an earlier (killed) process, checked against the questions they answer."""
+        fix = "; delete it and rerun to generate it again"
+        try:
+            predictions = read_jsonl(path)
+        except DymoeError as err:
+            raise DataError(f"{err}{fix}") from None
+        got = [str(p.get("question_id")) for p in predictions]
+        if got != [str(s.question_id) for s in samples] or not all(isinstance(p.get("text"), str) for p in predictions):
+            raise DataError(f"{path}: holds {len(predictions)} predictions that do not answer this run's "
+                            f"{len(samples)} test questions in order{fix}")
+        return predictions
 
     def evaluate_seen(self, k: int) -> list[float]:
         """Row k of the matrix: accuracy on tasks 1..k+1 with the current weights."""
@@ -345,9 +433,9 @@ class ContinualRun:
         row = []
         for task in self.tasks[: k + 1]:
             samples = self.test_set(task)
-            pred_path = self.dir.predictions(task.name, k + 1)
+            pred_path = self.out.predictions(task.name, k + 1)
             if pred_path.is_file():
-                predictions = read_jsonl(pred_path)
+                predictions = self._stored_predictions(pred_path, samples)
             else:
                 with torch.no_grad():
                     predictions = generate_predictions(
@@ -369,25 +457,35 @@ class ContinualRun:
         return row
 
     def reevaluate(self, after: int | None = None) -> list[list[float]]:
-        """Regenerate and rescore rows from the saved checkpoints (all finished tasks, or only ``after``)."""
+        """Regenerate and rescore rows from the saved checkpoints (all finished tasks, or only ``after``).
+
+        The rows the results directory does not hold yet up to ``after`` are evaluated too (a matrix has no
+        gaps): the first ``dymoe eval --after-task K`` with other settings evaluates rows 1..K.
+        """
         self.setup()
-        done = self.dir.completed_tasks(self.names)
-        if done == 0:
-            raise DymoeError(f"{self.dir.root}: no finished task checkpoint to evaluate")
-        ks = range(1, done + 1) if after is None else [after]
-        rows = self.dir.matrix_rows(self.names)
-        for k in ks:
-            if not 1 <= k <= done:
-                raise DymoeError(f"--after-task {k}: the run has checkpoints for tasks 1..{done}")
-            self._load_checkpoint(k)
+        try:
+            done = self.dir.completed_tasks(self.names)
+            if done == 0:
+                raise DymoeError(f"{self.dir.root}: no finished task checkpoint to evaluate")
+            if after is not None and not 1 <= after <= done:
+                raise DymoeError(f"--after-task {after}: the run has checkpoints for tasks 1..{done}")
+            rows = self.out.matrix_rows(self.names)
+            ks = list(range(1, done + 1)) if after is None else [after]
+            ks = sorted(set(ks) | set(range(len(rows) + 1, max(ks))))  # a matrix has no gaps
+            for k in ks:
+                self._load_checkpoint(k)
+                if self.main:
+                    for task in self.tasks[:k]:
+                        self.out.predictions(task.name, k).unlink(missing_ok=True)
+                self.acc.wait_for_everyone()
+                row = self.evaluate_seen(k - 1)
+                rows = rows[: k - 1] + [row] + rows[k:] if len(rows) >= k else rows + [row]
+            self.write_results(rows, self.dir.train_log(self.names, done))
             if self.main:
-                for task in self.tasks[:k]:
-                    self.dir.predictions(task.name, k).unlink(missing_ok=True)
-            self.acc.wait_for_everyone()
-            row = self.evaluate_seen(k - 1)
-            rows = rows[: k - 1] + [row] + rows[k:] if len(rows) >= k else rows + [row]
-        self.write_results(rows, self._read_metrics().get("train", {}))
-        return rows
+                self.dir.remove_temp_files()
+            return rows
+        finally:
+            self.close()
 
     def _eval_batch_hook(self, batch: dict) -> None:
         self.adapter.context.group_mask = self.method.group_mask(batch, "eval")
@@ -396,7 +494,7 @@ class ContinualRun:
         if not self.main:
             return
         names = self.names[: len(rows)]
-        save_matrix(self.dir.matrix, names, rows)
+        save_matrix(self.out.matrix, names, rows)
         metrics = {
             "method": self.cfg.method_name,
             "label": self.cfg.display_label,
@@ -406,21 +504,32 @@ class ContinualRun:
             **summarize(rows),
             "final": dict(zip(names, rows[-1])),
             "complete": len(rows) == len(self.names),
-            "train": train_log,
+            "train": {n: train_log[n] for n in self.names if n in train_log},
         }
-        atomic_write_json(self.dir.metrics, metrics)
+        atomic_write_json(self.out.metrics, metrics)
         try:
             from dymoe.runner.report import write_report
 
-            write_report(self.dir.root)
+            write_report(self.out.root)
         except ImportError:  # pragma: no cover - report module missing in a partial install
             pass
 
     def _read_metrics(self) -> dict:
         try:
-            return json.loads(self.dir.metrics.read_text())
+            return json.loads(self.out.metrics.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
+
+
+def _check_train_file(task: TaskSpec) -> None:
+    """Before anything trains: the task's training files exist and are not empty (the rows themselves are checked
+    when the task starts; a file of a few KiB is read whole here)."""
+    for file in task.train_files:
+        path = file.path
+        if not path.is_file():
+            read_json_rows(path)  # the DataError that names what is wrong (missing, a directory, ...)
+        if path.stat().st_size < 4096 and not read_json_rows(path):
+            raise DataError(f"{path}: task {task.name!r} has no training rows; it would train 0 steps")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -435,10 +544,22 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def run(cfg: RunConfig, output: str | Path) -> dict:
-    """Run (or resume) a continual experiment; returns the metrics dict (also in ``output/metrics.json``)."""
+    """Run (or resume) a continual experiment; returns the metrics dict (also in ``output/metrics.json``).
+
+    A write that fails (full disk, read-only or unwritable output) stops the run with an :class:`OutputError`
+    that says so; every file written until then is complete, and the same command resumes once it is fixed.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return ContinualRun(cfg, output).run()
+    except OutputError as err:
+        raise OutputError(f"{err}. {RESUME_HINT.format(root=output)}") from None
+    except OSError as err:
+        inside = err.filename is None or Path(os.path.abspath(err.filename)).is_relative_to(Path(output).absolute())
+        if err.errno not in WRITE_ERRNOS or not inside:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        raise OutputError(f"cannot write{where}: {describe_os_error(err)}. {RESUME_HINT.format(root=output)}") from None
     except torch.cuda.OutOfMemoryError:
         raise DymoeError(
             "CUDA out of memory. Lower training.batch_size (with training.global_batch_size set, the accumulation "

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import statistics
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 from dymoe.analysis.plots import plot_accuracy_matrix, plot_radar, plot_task_curves
 from dymoe.errors import ConfigError, DataError, DymoeError
 from dymoe.eval.metrics import load_matrix, summarize
-from dymoe.io import read_yaml_mapping
+from dymoe.io import atomic_write_text, read_yaml_mapping
 
 __all__ = [
     "COMPARE_METRICS",
@@ -221,18 +220,8 @@ def _matrix_table(tasks: Sequence[str], matrix: Sequence[Sequence[float]]) -> li
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` atomically (temp file in the same folder, then ``os.replace``); creates the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` atomically (:func:`dymoe.io.atomic_write_text`); creates the folder."""
+    return atomic_write_text(path, text)
 
 
 PLOT_FILES: dict[str, str] = {

@@ -8,10 +8,10 @@ Every scorer is a pure function ``score(predictions, references, annotations=Non
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from dymoe import io
 from dymoe.errors import DataError
 from dymoe.eval.scorers.base import ScoreResult
 from dymoe.eval.scorers.caption import score_cider
@@ -83,14 +83,9 @@ def base_name(scorer: str) -> str:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a missing or malformed file raises :class:`DataError` naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    """Parse a JSON file; a missing, unreadable, non-UTF-8 or malformed file (or a directory) raises
+    :class:`DataError` naming it."""
+    return io.read_json(path)
 
 
 def load_annotations(scorer: str, files: dict[str, Path]) -> dict[str, Any]:
