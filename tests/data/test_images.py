@@ -61,3 +61,31 @@ def test_expand2square_matches_llava_layout():
     assert sq.shape == (4, 4, 3) and (sq[:, 1] == (0, 255, 0)).all() and (sq[:, [0, 2, 3]] == bg).all()
     square = Image.new("RGB", (3, 3))
     assert expand2square(square, bg) is square
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        # 16-bit grey (Pillow mode I;16): 0..65535 → 0..255, not clipped to white
+        (np.array([[0, 257, 32768, 65535]], dtype=np.uint16), [0, 1, 128, 255]),
+        # 32-bit integers (mode I) holding 16-bit data, holding 8-bit data, and anything else (stretched)
+        (np.array([[0, 1000, 65535, 32768]], dtype=np.int32), [0, 4, 255, 128]),
+        (np.array([[0, 10, 200, 255]], dtype=np.int32), [0, 10, 200, 255]),
+        (np.array([[-100, 0, 100, 0]], dtype=np.int32), [0, 127, 255, 127]),  # 100 * 255 / 200 = 127.4999...
+        # floats (mode F) in [0, 1] and in [0, 255]
+        (np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32), [0, 64, 128, 255]),
+        (np.array([[0.0, 2.0, 100.0, 255.0]], dtype=np.float32), [0, 2, 100, 255]),
+    ],
+    ids=["I;16", "I 16-bit", "I 8-bit", "I signed", "F unit", "F 8-bit"],
+)
+def test_high_bit_depth_images_keep_their_range(tmp_path, array, expected):
+    img = Image.fromarray(array)
+    assert img.mode in ("I;16", "I", "F")
+    path = tmp_path / "x.tiff"
+    img.save(path)  # TIFF keeps every one of these modes
+    rgb = np.asarray(load_image(path))
+    assert rgb.shape == (1, 4, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    assert rgb[0, :, 0].tolist() == expected
+    # what convert("RGB") did before: everything above 255 became white
+    if array.max() > 255:
+        assert (np.asarray(img.convert("RGB"))[0, :, 0] == 255).sum() > (rgb[0, :, 0] == 255).sum()

@@ -174,10 +174,10 @@ def test_eval_command_regenerates_from_checkpoints_without_touching_the_config(t
     matrix_before = json.loads((out / "matrix.json").read_text())
     pred = out / "predictions" / "ScienceQA" / "after_1.jsonl"
     pred.write_text("")  # must be regenerated, not re-read
-    assert main(["eval", str(out), "--after-task", "1", "--set", "evaluation.batch_size=3"]) == 0
+    assert main(["eval", str(out), "--after-task", "1"]) == 0  # the run's own settings: in place
     assert len(read_jsonl(pred)) == 8
     assert (out / "config.yaml").read_text() == config_before
-    # same weights, same greedy decoding: the same row (batching does not change greedy answers here)
+    # same weights, same greedy decoding: the same row
     assert json.loads((out / "matrix.json").read_text()) == matrix_before
     assert "after task 1:" in capsys.readouterr().out
     assert main(["eval", str(out), "--after-task", "5"]) == 2
