@@ -56,7 +56,8 @@ class BenchmarkConfig:
         order: a named order (``origin``, ``reverse``, ``alphabet``) or an explicit list of task names.
         instruction_type: ``origin``, ``diverse`` or ``10type``; None = the benchmark file's.
         max_train_samples / max_eval_samples: per-task caps (seeded subsample), None = all.
-        skip_invalid: skip invalid training rows (reported) instead of stopping.
+        skip_invalid: skip invalid training rows (reported) instead of stopping; every training image is then
+            decoded when its task's data is loaded, so that an image that does not decode is skipped too.
     """
 
     file: str = "minicoin"

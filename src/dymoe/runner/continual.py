@@ -7,6 +7,11 @@ Everything is resumable: a finished task (its checkpoint exists) is not retraine
 predictions file exists) is re-scored from disk instead of regenerated, and step checkpoints
 (``training.save_every_steps``) resume inside a task. Seeds are set per task, so a run killed at any point and
 restarted ends with the same ``matrix.json`` as an uninterrupted one. Only the main process writes files.
+
+Before anything is written the run directory is locked (:class:`~dymoe.runner.rundir.RunLock`), the temporaries
+of a killed run are removed, the stored config is compared, every test set is read and run through its scorer
+and every training file is checked; ``config.yaml`` is written once the model has loaded. Each task's training
+log is saved with its checkpoint, so it survives a kill before ``metrics.json`` is written.
 """
 
 from __future__ import annotations
