@@ -284,7 +284,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read a YAML run config, apply overrides, validate; resolves relative paths against the YAML's folder.
 
     Everything that can be checked without the model and the data is checked here, before a run writes
-    anything: types, ranges, finite numbers, the method and its options, tracker and scorer names.
+    anything: types, ranges, finite numbers, tracker and scorer names (the method and its options: when the run
+    is created, :class:`dymoe.runner.continual.ContinualRun`).
     """
     data: dict = {}
     base_dir = Path.cwd()
@@ -331,9 +332,8 @@ def validate(cfg: RunConfig) -> None:
     for task, scorer in cfg.evaluation.scorers.items():
         if scorer not in SCORERS:
             raise ConfigError(f"evaluation.scorers.{task}: unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
-    from dymoe.methods import build_method  # here: dymoe.methods imports this module
-
-    build_method(cfg.method)  # unknown method name or option, an option's type
+    # the method's name and options are checked by dymoe.methods.build_method (which imports this module), when
+    # a run is created: still before anything is written
 
 
 def _check_finite(node: Any, key: str) -> None:

@@ -233,10 +233,12 @@ def outside_data_root(bench: Benchmark) -> list[Problem]:
     for task in bench.tasks:
         named = {"image_root": task.image_root}
         for k, f in enumerate(task.train_files):
-            named |= {f"train[{k}]": f.path, f"train[{k}].image_root": f.image_root}
+            key = "train" if len(task.train_files) == 1 else f"train[{k}]"
+            named |= {key: f.path, f"{key}.image_root": f.image_root}
         for es in task.eval_sets:
-            named |= {f"eval {es.name!r}": es.path, f"eval {es.name!r} image_root": es.image_root,
-                      **{f"eval {es.name!r} annotations.{k}": p for k, p in es.annotations.items()}}
+            key = "test" if task.is_coin else f"eval {es.name!r}"
+            named |= {key: es.path, f"{key} image_root": es.image_root,
+                      **{f"{key} annotations.{k}": p for k, p in es.annotations.items()}}
         for key, path in named.items():
             full = Path(os.path.normpath(os.path.abspath(path)))
             if full != root and root not in full.parents:

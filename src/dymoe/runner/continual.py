@@ -188,6 +188,7 @@ class ContinualRun:
                  results_dir: str | Path | None = None):
         self.cfg = cfg
         self.evaluation_only = evaluation_only
+        self.method = build_method(cfg.method)  # first: an unknown method or option is refused before anything
         self.dir = RunDir(output)  # checkpoints (and, for a run, everything)
         self.out = RunDir(results_dir) if results_dir is not None else self.dir  # matrix, metrics, predictions
         self.lock = RunLock(self.dir.root)
@@ -237,7 +238,6 @@ class ContinualRun:
         for name in cfg.evaluation.scorers:
             if name not in self.names:
                 raise ConfigError(f"evaluation.scorers: no task {name!r} in this run; tasks: {self.names}")
-        self.method = build_method(cfg.method)
         self._train_sets: dict[str, list] = {}
         self._test_sets: dict[str, list] = {}
         self._annotations: dict[tuple[str, str], dict] = {}
