@@ -280,7 +280,7 @@ def test_damaged_run_directory_files_on_resume_are_clear_errors(done_run, tmp_pa
 
 
 # ------------------------------------------------------------------ 12, 13: temporaries and permissions
-def test_temporaries_of_a_killed_run_are_removed_and_outputs_follow_the_umask(done_run, tmp_path, cache_env):
+def test_what_a_killed_run_leaves_is_cleaned_and_outputs_follow_the_umask(done_run, tmp_path, cache_env):
     # every output of done_run (made under umask 027): files 0640, folders 0750 (mkstemp alone gives 0600)
     for p in [done_run, *done_run.rglob("*")]:
         mode = stat.S_IMODE(p.stat().st_mode)
@@ -296,10 +296,17 @@ def test_temporaries_of_a_killed_run_are_removed_and_outputs_follow_the_umask(do
     for p in planted:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("half")
+    # and killed between matrix.json and metrics.json of the last row: metrics.json is one row behind, no report
+    stale = json.loads((out / "metrics.json").read_text())
+    stale["train"].pop("ImageNet")
+    (out / "metrics.json").write_text(json.dumps({**stale, "complete": False}))
+    (out / "report.md").unlink()
     assert run(tiny_cfg(), out)["complete"]
     left = [p.relative_to(out).as_posix() for p in out.rglob("*")]
     assert not any(".tmp" in p or ".old-" in p or ".partial" in p for p in left), left
     assert_same_results(out, done_run)
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((done_run / "metrics.json").read_text())
+    assert (out / "report.md").read_text() == (done_run / "report.md").read_text()
 
 
 # ------------------------------------------------------------ 11: re-evaluations with other settings

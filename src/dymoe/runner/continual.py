@@ -346,6 +346,7 @@ class ContinualRun:
             # the log of finished tasks lives in their checkpoints: kept even when a run was killed before it
             # wrote metrics.json (during the evaluation after a task)
             train_log = self.dir.train_log(self.names, done)
+            written = False
             for k, task in enumerate(self.tasks):
                 info = TaskInfo(index=k, name=task.name, num_tasks=len(self.tasks))
                 if k >= done:
@@ -356,6 +357,11 @@ class ContinualRun:
                                          "are done")
                     rows.append(self.evaluate_seen(k))
                     self.write_results(rows, train_log)
+                    written = True
+            if rows and not written:
+                # nothing left to do: a run killed between writing matrix.json and metrics.json / report.md
+                # gets them now (the same content an uninterrupted run wrote)
+                self.write_results(rows, train_log)
             # trackers end here; the process group stays up for the next run in this process (``dymoe reproduce``
             # runs several) and is destroyed at exit (accelerate's end_training would destroy it now)
             for tracker in self.acc.trackers:
