@@ -29,7 +29,8 @@ SETS = ["benchmark.order=[ScienceQA, ImageNet]", "benchmark.max_train_samples=16
         "training.save_every_steps=1"]
 C1, C2 = "checkpoints/task_1_ScienceQA", "checkpoints/task_2_ImageNet"
 
-# name -> (marker: a relative path that appears at that moment, or seconds after the start)
+# name -> marker: a relative path that appears at that moment (``path@n``: a step checkpoint n micro-steps in;
+# ``path#n``: a matrix with n rows), or a fraction of the reference run's wall time
 CASES: dict[str, str | float] = {
     "after config.yaml": "config.yaml",
     "task 1, step checkpoint 1": f"{C1}.partial/trainer_state.json",
@@ -44,11 +45,11 @@ CASES: dict[str, str | float] = {
     "eval after 2, second task": "predictions/ImageNet/after_2.jsonl",
     "after matrix row 2": "matrix.json#2",
     "mid-write of any temporary": "*.tmp",
-    "at 20 s": 20.0,
-    "at 24 s": 24.0,
-    "at 28 s": 28.0,
-    "at 32 s": 32.0,
-    "at 35 s": 35.0,
+    "at 30 % of the time": 0.3,
+    "at 45 % of the time": 0.45,
+    "at 60 % of the time": 0.6,
+    "at 75 % of the time": 0.75,
+    "at 90 % of the time": 0.9,
 }
 
 
@@ -64,9 +65,9 @@ def _env() -> dict:
             "PYTHONPATH": str(ROOT / "src")}
 
 
-def _reached(out: Path, marker: str | float, t0: float) -> bool:
+def _reached(out: Path, marker: str | float, t0: float, ref_seconds: float) -> bool:
     if isinstance(marker, float):
-        return time.time() - t0 >= marker
+        return time.time() - t0 >= marker * ref_seconds
     if marker == "*.tmp":
         return any(p.name.endswith(".tmp") or ".tmp-" in p.name for p in out.rglob("*"))
     if "#" in marker:  # a matrix with at least n rows
@@ -108,7 +109,11 @@ def main() -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kill-resume-"))
     ref = work / "reference"
     if not (ref / "metrics.json").exists():
+        t0 = time.time()
         subprocess.run(_cmd(ref), env=_env(), check=True, capture_output=True)
+        (work / "reference_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
+    ref_file = work / "reference_seconds.txt"
+    ref_seconds = float(ref_file.read_text()) if ref_file.exists() else 30.0
     expected, expected_log = _results(ref), _train_log(ref)
     names = args.only.split(",") if args.only else list(CASES)
     failures = 0
@@ -117,7 +122,7 @@ def main() -> int:
         marker = CASES[name]
         t0 = time.time()
         p = subprocess.Popen(_cmd(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while p.poll() is None and not _reached(out, marker, t0):
+        while p.poll() is None and not _reached(out, marker, t0, ref_seconds):
             time.sleep(0.005)
         killed = p.poll() is None
         if killed:

@@ -355,3 +355,16 @@ def test_a_failed_start_leaves_nothing_and_the_corrected_rerun_is_accepted(tmp_p
     (out / "checkpoints" / "task_1_X.partial").mkdir(parents=True)  # some work: now it is refused
     with pytest.raises(Exception, match="different config"):
         rd.check_config("training: {lr: 0.001}\n")
+
+
+def test_an_output_that_is_some_other_folder_is_refused_and_left_alone(tmp_path, cache_env, capsys):
+    other = tmp_path / "project"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    (other / ".draft.json.x.tmp").write_text("mine too")  # looks like a temporary: must not be cleaned
+    assert main(["run", str(SMOKE), "--output", str(other), *sets()]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {other} is not empty (.draft.json.x.tmp, notes.txt) and is not a run directory" in err
+    assert sorted(os.listdir(other)) == [".draft.json.x.tmp", "notes.txt"]
+    assert main(["run", str(SMOKE), "--output", str(other / "notes.txt"), *sets()]) == 2
+    assert "is a file; expected a run directory" in capsys.readouterr().err

@@ -200,6 +200,7 @@ class ContinualRun:
         """Lock the run directory, check everything that can be checked, load the model; only then write
         ``config.yaml`` and ``env.json``. A failure leaves a new run directory as it was: absent."""
         if self.main:
+            self.dir.check_is_run_dir()
             self.lock.acquire()  # first: a second process on this directory stops here, before reading anything
         try:
             self._setup()

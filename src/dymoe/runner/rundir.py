@@ -30,7 +30,7 @@ from pathlib import Path
 from dymoe.errors import CheckpointError, ConfigError, DymoeError, RunLockedError
 from dymoe.eval.metrics import load_matrix
 from dymoe.injection.state import META_FILE, read_adapter_meta
-from dymoe.io import read_json, read_yaml_mapping, remove_temp_files, safe_filename, writing
+from dymoe.io import is_temp_name, read_json, read_yaml_mapping, remove_temp_files, safe_filename, writing
 
 try:  # POSIX; elsewhere the lock falls back to the PID recorded in the lock file
     import fcntl
@@ -38,6 +38,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".lock"
+# what a run writes at the top of its directory, and the folders it owns (temporaries are looked for only there)
+RUN_FILES = ("config.yaml", "env.json", "matrix.json", "metrics.json", "report.md")
+RUN_FOLDERS = ("checkpoints", "predictions", "plots", "evals")
 
 
 def _safe(name: str) -> str:
@@ -195,12 +198,33 @@ class RunDir:
             return str(err)
         return None
 
+    def check_is_run_dir(self) -> None:
+        """``--output`` must be new, empty or a run directory (``config.yaml`` or the lock file in it): a run never
+        writes into, or cleans, some other folder (``-o .`` in a source tree, ``-o ~``)."""
+        if not self.root.exists():
+            return
+        if not self.root.is_dir():
+            raise ConfigError(f"--output {self.root} is a file; expected a run directory")
+        names = {p.name for p in self.root.iterdir()}
+        if names and not names & {"config.yaml", LOCK_FILE}:
+            shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+            raise ConfigError(f"--output {self.root} is not empty ({shown}) and is not a run directory (it has no "
+                              "config.yaml): choose a new or empty directory")
+
     def remove_temp_files(self) -> list[Path]:
         """Remove the temporaries of interrupted writes and the step checkpoints of tasks that finished (a run
-        killed between the end-of-task checkpoint and the removal of its step checkpoint leaves both)."""
+        killed between the end-of-task checkpoint and the removal of its step checkpoint leaves both). Only the
+        run's own files are looked at: the top-level files it writes and the folders it owns."""
         if not self.root.is_dir():
             return []
-        removed = remove_temp_files(self.root)
+        removed = []
+        for p in self.root.iterdir():
+            if p.is_file() and is_temp_name(p.name) and p.name.startswith(tuple(f".{n}." for n in RUN_FILES)):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        for sub in RUN_FOLDERS:
+            if (self.root / sub).is_dir():
+                removed += remove_temp_files(self.root / sub)
         ckpts = self.root / "checkpoints"
         if ckpts.is_dir():
             for part in ckpts.glob("*.partial"):
