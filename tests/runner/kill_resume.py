@@ -6,7 +6,7 @@ Not collected by pytest (several minutes); run by hand after changing the runner
 
 Each case starts ``dymoe run`` (two tasks, step checkpoints every step), waits for a marker (a file that appears
 at that moment, or a delay), kills the process with SIGKILL, then runs the same command again and checks: exit 0,
-the same bytes as the reference for the matrix, every adapter, method state and predictions file, the training
+the same bytes as the reference for the matrix, every adapter, method state and predictions file, train_steps.jsonl, the training
 log (without wall time), and no temporary left. Prints one line per case and exits 1 if any case fails.
 """
 
@@ -29,7 +29,7 @@ SETS = ["benchmark.order=[ScienceQA, ImageNet]", "benchmark.max_train_samples=16
         "training.save_every_steps=1"]
 C1, C2 = "checkpoints/task_1_ScienceQA", "checkpoints/task_2_ImageNet"
 
-# name -> marker: a relative path that appears at that moment (``path@n``: a step checkpoint n micro-steps in;
+# name -> marker: a relative path that appears at that moment (``path@n``: a step checkpoint n steps in;
 # ``path#n``: a matrix with n rows), or a fraction of the reference run's wall time
 CASES: dict[str, str | float] = {
     "after config.yaml": "config.yaml",
@@ -80,9 +80,9 @@ def _reached(out: Path, marker: str | float, t0: float, ref_seconds: float) -> b
     p = out / path
     if not nth:
         return p.exists()
-    # a step checkpoint at least n micro-steps in
+    # a step checkpoint at least n steps in
     try:
-        return json.loads(p.read_text())["micro_steps_done"] >= int(nth)
+        return json.loads(p.read_text())["steps_done"] >= int(nth)
     except (OSError, ValueError, KeyError):
         return False
 
@@ -91,7 +91,8 @@ def _results(out: Path) -> dict[str, bytes]:
     keep = {}
     for p in sorted(out.rglob("*")):
         rel = p.relative_to(out).as_posix()
-        if p.is_file() and (p.suffix in (".safetensors", ".jsonl") or p.name == "matrix.json"):
+        if p.is_file() and (p.suffix == ".safetensors" or p.name in ("matrix.json", "train_steps.jsonl")
+                          or rel.startswith("predictions/")):
             keep[rel] = p.read_bytes()
     return keep
 

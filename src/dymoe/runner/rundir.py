@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - Windows
 
 LOCK_FILE = ".lock"
 # what a run writes at the top of its directory, and the folders it owns (temporaries are looked for only there)
-RUN_FILES = ("config.yaml", "env.json", "matrix.json", "metrics.json", "report.md")
+RUN_FILES = ("config.yaml", "env.json", "matrix.json", "metrics.json", "report.md", "train_steps.jsonl")
 RUN_FOLDERS = ("checkpoints", "predictions", "plots", "evals")
 
 
@@ -185,8 +185,8 @@ class RunDir:
         try:
             read_adapter_meta(part)
             state = read_json(part / "trainer_state.json", error=CheckpointError)
-            if not isinstance(state, dict) or not isinstance(state.get("micro_steps_done"), int):
-                raise CheckpointError(f"{part / 'trainer_state.json'}: no integer 'micro_steps_done'")
+            if not isinstance(state, dict):  # its fields are the trainer's to check
+                raise CheckpointError(f"{part / 'trainer_state.json'}: expected a JSON object")
             for name in ("adapter.safetensors", "optimizer.safetensors", "method_state.safetensors"):
                 if name != "method_state.safetensors" or (part / name).exists():
                     try:
