@@ -5,9 +5,10 @@ Not collected by pytest (several minutes); run by hand after changing the runner
     python tests/runner/kill_resume.py [--workdir DIR] [--only NAME,...]
 
 Each case starts ``dymoe run`` (two tasks, step checkpoints every step), waits for a marker (a file that appears
-at that moment, or a delay), kills the process with SIGKILL, then runs the same command again and checks: exit 0,
-the same bytes as the reference for the matrix, every adapter, method state and predictions file, train_steps.jsonl, the training
-log (without wall time), and no temporary left. Prints one line per case and exits 1 if any case fails.
+at that moment, or a share of the reference run's time), kills the process with SIGKILL, then runs the same
+command again and checks: exit 0, the same bytes as the reference for the matrix, every adapter, method state and
+predictions file and ``train_steps.jsonl``, the training log (without wall time), and no temporary left. Prints
+one line per case and exits 1 if any case fails.
 """
 
 from __future__ import annotations
