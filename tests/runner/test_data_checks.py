@@ -1,6 +1,6 @@
 """The runner checks the data before anything trains (issue 13): empty sets, what each task's scorer needs,
 repeated question ids, unknown tasks under ``evaluation.scorers``; ``benchmark.skip_invalid`` skips images that do
-not decode. Runs use the CoIN-layout fixture (tests/fixtures/coin) and fail before the model is loaded."""
+not decode. Runs use the CoIN-layout fixture (tests/fixtures/coin) and fail before anything trains or is written."""
 
 from __future__ import annotations
 
