@@ -69,7 +69,9 @@ def _runner_like(coin_root: Path, *overrides: str) -> SimpleNamespace:
     """What ``ContinualRun.train_set`` reads, without a model."""
     cfg = load_config(SMOKE, ["benchmark.max_train_samples=null", *overrides])
     bench = load_benchmark(coin_root / "benchmark.yaml")
-    return SimpleNamespace(cfg=cfg, benchmark=bench, main=True, _train_sets={})
+    runner = SimpleNamespace(cfg=cfg, benchmark=bench, main=True, _train_sets={})
+    runner._text_only = lambda samples, task, split: samples  # a VLM backbone keeps every sample
+    return runner
 
 
 def test_skip_invalid_skips_images_that_do_not_decode(coin_root, capsys):
