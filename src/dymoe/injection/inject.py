@@ -1,179 +1,152 @@
-"""Model surgery: wrap target linears with :class:`MoELoRALinear` and manage the bank across all of them.
+"""Model surgery: wrap each injection site's targets with expert layers and return the adapter over all of them.
 
-``inject`` knows nothing about continual learning: it freezes the model, swaps modules, and returns an
-:class:`ExpertAdapter` through which methods grow, freeze, fold and prune groups in every wrapped layer at once.
+``inject`` knows nothing about continual learning: it freezes the model, swaps modules (``nn.Linear`` →
+:class:`~dymoe.layers.moe_lora.MoELoRALinear`, MLP blocks → :class:`~dymoe.layers.moe_ffn.MoEFFN`), installs the
+forward pre-hook that feeds the routing context, and returns an :class:`~dymoe.injection.adapter.ExpertAdapter`
+through which methods grow, freeze, fold and prune groups in every layer at once.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 
 from dymoe.errors import ConfigError
-from dymoe.injection.targets import DEFAULT_TARGETS, find_target_linears
+from dymoe.injection.adapter import ExpertAdapter
+from dymoe.injection.config import AdapterConfig, SiteConfig
+from dymoe.injection.targets import find_target_modules
+from dymoe.layers.base import ExpertLayer
 from dymoe.layers.context import RoutingContext
-from dymoe.layers.functional import ROUTER_MODES
-from dymoe.layers.moe_lora import FROZEN_NAMES, INIT_MODES, TRAINABLE_NAMES, MoELoRALinear
+from dymoe.layers.moe_ffn import MoEFFN
+from dymoe.layers.moe_lora import MoELoRALinear
+
+__all__ = ["AdapterConfig", "ExpertAdapter", "SiteConfig", "inject"]
 
 
-@dataclass
-class AdapterConfig:
-    """How experts are attached (defaults: LLaVA-DyMoE, dymoe.md §2 and §8).
-
-    Attributes:
-        targets: linear-module name suffixes, or ``re:<regex>`` on full names.
-        scope: module path to search under; None = the language model (the vision tower is never wrapped).
-        experts_per_group: experts added per expansion (per task): 16.
-        expert_rank: rank of each expert: 4.
-        alpha: LoRA alpha; scaling = alpha / bank_rank. Not stated in the paper: 128 (A6).
-        bank_rank: divisor of alpha; None = experts_per_group × expert_rank (the per-task bank rank, 64).
-        top_k: experts per token, over all present experts: 16.
-        router: ``cosine`` (κ·cos, upstream DyMoE, A1), ``linear`` (CoIN MoELoRA) or ``none`` (IncLoRA/O-LoRA).
-        temperature: routing softmax temperature: 0.01 for the cosine router; use 1.0 with ``linear``.
-        cos_scale: κ of the cosine router: 1.0.
-        dropout: LoRA dropout on the experts' input: 0.05 (A6).
-        init: ``kaiming`` (PEFT/DyMoE) or ``normal`` (CoIN's N(0, 0.01)) for A; B starts at 0.
-        param_dtype: ``float32`` keeps expert tensors in fp32 under a bf16/fp16 base (fp32 master weights with
-            autocast, as PEFT does); ``base`` uses the base weights' dtype.
-    """
-
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    scope: str | None = None
-    experts_per_group: int = 16
-    expert_rank: int = 4
-    alpha: float = 128.0
-    bank_rank: int | None = None
-    top_k: int = 16
-    router: str = "cosine"
-    temperature: float = 0.01
-    cos_scale: float = 1.0
-    dropout: float = 0.05
-    init: str = "kaiming"
-    param_dtype: str = "float32"
-
-    def __post_init__(self):
-        if self.param_dtype not in ("float32", "base"):
-            raise ConfigError(f"adapter.param_dtype must be 'float32' or 'base', got {self.param_dtype!r}")
-        if self.router not in ROUTER_MODES:
-            raise ConfigError(f"adapter.router must be one of {list(ROUTER_MODES)}, got {self.router!r}")
-        if self.init not in INIT_MODES:
-            raise ConfigError(f"adapter.init must be one of {list(INIT_MODES)}, got {self.init!r}")
-        for key in ("experts_per_group", "expert_rank", "top_k"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"adapter.{key} must be >= 1, got {getattr(self, key)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"adapter.temperature must be > 0, got {self.temperature}")
-        if not self.targets:
-            raise ConfigError("adapter.targets must name at least one module")
-
-    @property
-    def effective_bank_rank(self) -> int:
-        return int(self.bank_rank or self.experts_per_group * self.expert_rank)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AdapterConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown adapter config keys {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
+def _cache_length(past) -> int:
+    """Tokens already in a KV cache (0 for none / an empty cache)."""
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    try:  # legacy tuple of (key, value) per layer
+        return int(past[0][0].shape[-2])
+    except (IndexError, TypeError, AttributeError):
+        return 0
 
 
-class ExpertAdapter:
-    """All wrapped layers of one model, with bank operations applied to each of them.
-
-    Attributes:
-        modules: ``{module name: MoELoRALinear}`` in model order.
-        context: the :class:`RoutingContext` shared by every layer.
-        config: the :class:`AdapterConfig` used to build them.
-    """
-
-    def __init__(self, model: nn.Module, modules: dict[str, MoELoRALinear], context: RoutingContext, config):
-        self.model = model
-        self.modules = modules
-        self.context = context
-        self.config = config
-
-    # growth ----------------------------------------------------------------
-    def add_group(
-        self,
-        group_id: int,
-        *,
-        num_experts: int | None = None,
-        rank: int | None = None,
-        modules: Iterable[str] | None = None,
-        trainable: bool = True,
-    ) -> None:
-        """Add a group in every layer (or only in ``modules``: groups present in some layers, e.g. CMoE)."""
-        names = list(self.modules) if modules is None else list(modules)
-        for name in names:
-            if name not in self.modules:
-                raise KeyError(f"{name!r} is not a wrapped module")
-            self.modules[name].add_group(
-                group_id, num_experts or self.config.experts_per_group, rank or self.config.expert_rank, trainable=trainable
-            )
-
-    def fold(self) -> None:
-        """Fold every layer's trainable group into its frozen bank (end of a task)."""
-        for m in self.modules.values():
-            m.fold()
-
-    def prune(self, expert_ids: dict[str, list[int]]) -> None:
-        """Remove experts by id, per module: ``{module name: [expert ids]}``."""
-        for name, ids in expert_ids.items():
-            self.modules[name].prune(ids)
-
-    # parameters ------------------------------------------------------------
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the trainable groups that are non-empty (what the optimizer gets)."""
-        return [p for m in self.modules.values() for n in TRAINABLE_NAMES if (p := getattr(m, n)).numel() > 0]
-
-    def named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(module.name, tensor)`` for every adapter tensor, frozen and trainable (the checkpoint content)."""
-        for mname, m in self.modules.items():
-            for n in FROZEN_NAMES + TRAINABLE_NAMES:
-                yield f"{mname}.{n}", getattr(m, n)
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        if trainable_only:
-            return sum(p.numel() for p in self.trainable_parameters())
-        return sum(t.numel() for _, t in self.named_tensors())
-
-    def groups(self) -> list[int]:
-        """Every group id present in at least one layer, sorted."""
-        return sorted({g for m in self.modules.values() for g in m.groups})
-
-    def structure(self) -> dict[str, dict]:
-        return {name: m.structure() for name, m in self.modules.items()}
-
-    def __repr__(self) -> str:
-        return (
-            f"ExpertAdapter({len(self.modules)} layers, groups={self.groups()}, "
-            f"params={self.num_parameters():,} (trainable {self.num_parameters(True):,}))"
-        )
+def image_rows(input_ids: torch.Tensor, n_images: int, image_token_id: int) -> torch.Tensor | None:
+    """``[n_images]`` the sample of each image, from the image placeholder tokens of ``input_ids [B, T]`` (every
+    image expands to the same number of placeholders, in order); None if the counts do not divide evenly."""
+    counts = (input_ids == image_token_id).sum(1)  # [B]
+    total = int(counts.sum())
+    if n_images <= 0 or total % n_images:
+        return None
+    per_image = total // n_images
+    if per_image == 0 or bool((counts % per_image).any()):
+        return None
+    return torch.repeat_interleave(torch.arange(input_ids.shape[0], device=input_ids.device), counts // per_image)
 
 
-def _capture_attention_mask(context: RoutingContext):
+def _forward_start(context: RoutingContext, image_token_id: int | None, vision: bool):
+    """Pre-hook of the model: attention mask, phase (decode when the KV cache is not empty), per-forward reset,
+    and the image → sample map when experts sit in the vision tower."""
+
     def hook(module, args, kwargs):
         am = kwargs.get("attention_mask")
         context.attention_mask = am if isinstance(am, torch.Tensor) and am.dim() == 2 else None
+        # transformers 5 passes the KV cache as ``cache`` (older versions: ``past_key_values``)
+        past = kwargs.get("cache", kwargs.get("past_key_values"))
+        decode = _cache_length(past) > 0
+        context.phase = "decode" if decode else "prefill"
+        if not decode:
+            context.start_forward()
+        if vision:
+            pv, ids = kwargs.get("pixel_values"), kwargs.get("input_ids")
+            context.image_rows = None
+            if isinstance(pv, torch.Tensor) and isinstance(ids, torch.Tensor) and image_token_id is not None:
+                context.image_rows = image_rows(ids, pv.shape[0], image_token_id)
 
     return hook
 
 
+def _image_token_id(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    for key in ("image_token_id", "image_token_index"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _find(model: nn.Module, site: SiteConfig) -> dict[str, nn.Module]:
+    if site.kind == "linear":
+        return find_target_modules(model, site.targets, site.scope, lambda m: isinstance(m, nn.Linear), "nn.Linear")
+    return find_target_modules(
+        model, site.targets, site.scope,
+        lambda m: not isinstance(m, nn.Linear) and any(isinstance(c, nn.Linear) for c in m.modules()),
+        "MLP block (a module holding nn.Linear layers)",
+    )
+
+
+def _share_roles(names: list[str], site: SiteConfig) -> dict[str, tuple[str, str] | None]:
+    """``share_router: block``: the first target of each parent module leads, the others follow it."""
+    if site.share_router != "block":
+        return {n: None for n in names}
+    by_parent: dict[str, list[str]] = {}
+    for n in names:
+        by_parent.setdefault(n.rpartition(".")[0], []).append(n)
+    roles: dict[str, tuple[str, str] | None] = {}
+    for parent, members in by_parent.items():
+        key = f"{site.name}:{parent}"
+        for k, n in enumerate(members):
+            roles[n] = None if len(members) == 1 else (("leader" if k == 0 else "follower"), key)
+    return roles
+
+
+def _build(site: SiteConfig, target: nn.Module, context: RoutingContext, param_dtype, share) -> ExpertLayer:
+    if site.kind == "linear":
+        return MoELoRALinear(
+            target,
+            alpha=site.alpha,
+            bank_rank=site.effective_bank_rank,
+            top_k=site.top_k,
+            router=site.router,
+            temperature=site.temperature,
+            cos_scale=site.cos_scale,
+            dropout=site.dropout,
+            init=site.init,
+            param_dtype=param_dtype,
+            context=context,
+            stream=site.stream,
+            router_bank=site.router_bank,
+            share=share,
+        )
+    return MoEFFN(
+        target,
+        router=site.router,
+        router_hidden=site.router_hidden,
+        top_k=site.top_k,
+        temperature=site.temperature,
+        scale_by_count=site.scale_by_count,
+        dropout=site.dropout,
+        down_init=site.down_init,
+        router_init_std=site.router_init_std,
+        param_dtype=param_dtype,
+        context=context,
+        stream=site.stream,
+    )
+
+
 def inject(model: nn.Module, config: AdapterConfig | None = None) -> ExpertAdapter:
-    """Freeze ``model`` and wrap its target linears with empty expert banks (add groups afterwards).
+    """Freeze ``model`` and wrap every site's targets with empty expert banks (add groups afterwards).
 
     Works for ``LlavaForConditionalGeneration`` and plain causal LMs (Llama, Qwen2, ...): targets are searched under
-    the language model, so the CLIP vision tower keeps its own ``q_proj``s untouched. A forward pre-hook on
-    ``model`` stores each call's ``attention_mask`` ``[B, T]`` in the shared context (set before any layer runs, so
-    it is also there when gradient checkpointing recomputes a layer).
+    the language model unless a site says otherwise, so the CLIP vision tower keeps its own ``q_proj``s untouched.
+    A forward pre-hook on ``model`` stores each call's ``attention_mask`` ``[B, T]`` in the shared context, sets the
+    phase (prefill / decode), clears the per-forward routing state at every new non-decoding forward and, when a
+    site sits in the vision tower, maps images to samples (``context.image_rows``). It runs before any layer, so
+    everything is also there when gradient checkpointing recomputes a layer.
 
     Returns:
         the :class:`ExpertAdapter` over the wrapped layers.
@@ -181,29 +154,34 @@ def inject(model: nn.Module, config: AdapterConfig | None = None) -> ExpertAdapt
     config = config or AdapterConfig()
     if getattr(model, "_dymoe_adapter", None) is not None:
         raise ValueError("this model already has dymoe experts injected")
-    targets = find_target_linears(model, config.targets, config.scope)
+    sites = config.resolved_sites()
+    found: dict[str, tuple[SiteConfig, nn.Module]] = {}
+    for site in sites:
+        for name, target in _find(model, site).items():
+            for other, (other_site, _) in found.items():
+                if name == other or name.startswith(other + ".") or other.startswith(name + "."):
+                    raise ConfigError(
+                        f"adapter sites {other_site.name!r} and {site.name!r} both cover {name!r}"
+                        + ("" if name == other else f" (nested in / around {other!r})")
+                    )
+            found[name] = (site, target)
     for p in model.parameters():
         p.requires_grad_(False)
     context = RoutingContext()
-    modules: dict[str, MoELoRALinear] = {}
-    for name, linear in targets.items():
-        wrapped = MoELoRALinear(
-            linear,
-            alpha=config.alpha,
-            bank_rank=config.effective_bank_rank,
-            top_k=config.top_k,
-            router=config.router,
-            temperature=config.temperature,
-            cos_scale=config.cos_scale,
-            dropout=config.dropout,
-            init=config.init,
-            param_dtype=torch.float32 if config.param_dtype == "float32" else None,
-            context=context,
-        )
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapped)
-        modules[name] = wrapped
-    model.register_forward_pre_hook(_capture_attention_mask(context), with_kwargs=True)
-    adapter = ExpertAdapter(model, modules, context, config)
+    param_dtype = torch.float32 if config.param_dtype == "float32" else None
+    modules: dict[str, ExpertLayer] = {}
+    site_of: dict[str, str] = {}
+    for site in sites:
+        names = [n for n, (s, _) in found.items() if s is site]
+        roles = _share_roles(names, site)
+        for name in names:
+            wrapped = _build(site, found[name][1], context, param_dtype, roles[name])
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapped)
+            modules[name] = wrapped
+            site_of[name] = site.name
+    vision = any(s.stream == "vision" for s in sites)
+    model.register_forward_pre_hook(_forward_start(context, _image_token_id(model), vision), with_kwargs=True)
+    adapter = ExpertAdapter(model, modules, context, config, site_of)
     model._dymoe_adapter = adapter
     return adapter

@@ -2,10 +2,12 @@
 
 A checkpoint directory holds:
 
-- ``adapter.safetensors``: every wrapped module's bank, keys ``<module>.<tensor>`` (``frozen_A``, ``frozen_B``,
-  ``frozen_router``, ``lora_A``, ``lora_B``, ``router``);
-- ``adapter.json``: format tag, the :class:`AdapterConfig`, each module's bank structure (group, id and rank of every
-  expert, which are trainable) and free-form metadata (method name, task index, ...);
+- ``adapter.safetensors``: every wrapped module's bank, keys ``<module>.<tensor>`` with the tensor names each layer
+  kind declares (:meth:`~dymoe.layers.base.ExpertLayer.named_tensors`: ``frozen_A``, ``lora_A``, ... for LoRA
+  banks, ``w_gate``, ``router_w1``, ... for FFN banks, ``router_bank.frozen`` when a router bank is in use);
+- ``adapter.json``: format tag, the :class:`AdapterConfig` (sites included), each module's bank structure (group,
+  id and size of every expert, which are trainable, router-bank rows) and free-form metadata (method name, task
+  index, ...);
 - ``method_state.safetensors`` (optional): tensors a method keeps across tasks (EWC's Fisher, prototypes, ...).
 
 Loading rebuilds the same structure on a fresh base model and gives bit-identical outputs. The directory is
@@ -25,7 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dymoe.errors import CheckpointError
-from dymoe.injection.inject import AdapterConfig, ExpertAdapter, inject
+from dymoe.injection.adapter import ExpertAdapter
+from dymoe.injection.config import AdapterConfig
+from dymoe.injection.inject import inject
 from dymoe.io import apply_umask, make_temp_dir, read_text
 
 FORMAT = "dymoe-adapter"

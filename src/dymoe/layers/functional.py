@@ -15,6 +15,10 @@ over each expert's rank slots (coin-protocol.md §8.2)::
 
 which has the FLOPs of one LoRA of rank R, and never forms the wrong ``(Σ g B)(Σ g A) x`` (§8.3).
 The loop in :func:`moe_lora_delta_reference` exists for tests and benchmarks only.
+
+The FFN experts of :class:`~dymoe.layers.moe_ffn.MoEFFN` (SwiGLU, smoe-dsal.md §2) are fused the same way in three
+GEMMs (:func:`moe_ffn_delta`, oracle :func:`moe_ffn_delta_reference`); :func:`at_route` and :func:`at_combine` are
+the AT-Router's gates and output (Eqs. 5–6, 8, 11).
 """
 
 from __future__ import annotations
@@ -153,3 +157,97 @@ def moe_lora_delta_reference(
     for i, (a, b) in enumerate(zip(a_list, b_list)):
         out = out + weights[:, i : i + 1] * ((x @ a.T) @ b.T)
     return out * scaling
+
+
+# ---------------------------------------------------------------------------------------------------- FFN experts
+#
+# SwiGLU experts beside a frozen MLP block (smoe-dsal.md §2): expert ``i`` of width ``d'_i`` is
+# ``E_i(x) = (silu(x W_gate,i^T) ∘ (x W_up,i^T)) W_down,i^T`` with ``W_gate,i, W_up,i ∈ R^{d'_i × d}`` and
+# ``W_down,i ∈ R^{d × d'_i}``. Stored concatenated over the bank like the LoRA experts (``R = Σ d'_i`` slots):
+# ``G_cat, U_cat ∈ R^{R × d}``, ``D_cat ∈ R^{d × R}``, so the gated sum is three GEMMs.
+
+
+def moe_ffn_delta(
+    x: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    weights: torch.Tensor,
+    widths: torch.Tensor | int,
+) -> torch.Tensor:
+    """Fused ``Σ_i w_i E_i(x)`` in three GEMMs over the concatenated experts.
+
+    Args:
+        x: ``[N, d]``.
+        w_gate, w_up: ``[R, d]`` concatenated gate / up projections.
+        w_down: ``[d_out, R]`` concatenated down projections.
+        weights: ``[N, E]`` gate weights (same dtype as ``x``; zero for experts a token does not use).
+        widths: per-expert width (int) or ``[E]`` tensor.
+
+    Returns:
+        ``[N, d_out]`` in ``x``'s dtype.
+    """
+    total = w_gate.shape[0]
+    h = F.silu(x @ w_gate.T) * (x @ w_up.T)  # [N, R]: every expert's hidden units at once
+    h = h * expand_gates(weights, widths, total)  # [N, R]: gate each expert's slots
+    return h @ w_down.T  # [N, d_out]
+
+
+def moe_ffn_delta_reference(
+    x: torch.Tensor,
+    experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """Per-expert SwiGLU loop oracle. Tests and benchmarks only.
+
+    Args:
+        x: ``[N, d]``; experts[i]: ``(W_gate [d'_i, d], W_up [d'_i, d], W_down [d_out, d'_i])``; weights: ``[N, E]``.
+
+    Returns:
+        ``[N, d_out]``.
+    """
+    out = x.new_zeros(x.shape[0], experts[0][2].shape[0]) if experts else x.new_zeros(x.shape[0], 0)
+    for i, (g, u, d) in enumerate(experts):
+        out = out + weights[:, i : i + 1] * ((F.silu(x @ g.T) * (x @ u.T)) @ d.T)
+    return out
+
+
+def at_route(scores: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The AT-Router's gates (smoe-dsal.md §2, Eqs. 5–6): an adaptive threshold scored as an extra expert.
+
+    Expert ``n`` is active for a token when ``s_n > α`` (strict); the softmax runs over ``{α} ∪ {s_n : n active}``,
+    so ``α̃ = e^α / Z`` and ``s̃_n = e^{s_n} / Z`` with ``Z = e^α + Σ_active e^{s_n}``.
+
+    Args:
+        scores: ``[N, 1 + E]`` fp32 raw router outputs ``[α, s_1, …, s_E]``.
+        valid: ``[N, E]`` bool, experts a token may use at all (its module's experts), or None for all.
+
+    Returns:
+        ``(alpha_w [N], weights [N, E], k [N])``: ``α̃``, ``s̃`` (0 for inactive experts) and ``k = |A_t|`` (int64).
+    """
+    alpha, s = scores[:, :1], scores[:, 1:]
+    active = s > alpha  # [N, E]
+    if valid is not None:
+        active = active & valid
+    logits = torch.cat([alpha, s.masked_fill(~active, float("-inf"))], dim=-1)  # [N, 1 + E]
+    p = torch.softmax(logits, dim=-1)
+    return p[:, 0], p[:, 1:], active.sum(-1)
+
+
+def at_combine(
+    ffn: torch.Tensor, experts: torch.Tensor, alpha_w: torch.Tensor, k: torch.Tensor, scale_by_count: bool = True
+) -> torch.Tensor:
+    """Eq. 11: ``ȟ = (1 + k) · (Σ s̃ E + α̃ · FFN)``; without ``scale_by_count`` (ablation 5) the ``(1 + k)`` goes.
+
+    Args:
+        ffn: ``[N, d]`` the frozen block's output; experts: ``[N, d]`` the gated expert sum ``Σ s̃ E``;
+        alpha_w: ``[N]`` ``α̃``; k: ``[N]`` active experts per token.
+
+    Returns:
+        ``[N, d]`` in fp32 (fp64 for fp64 inputs). With ``k = 0`` (``α̃ = 1``, no expert) this is exactly ``ffn``.
+    """
+    dt = torch.promote_types(ffn.dtype, torch.float32)
+    out = experts.to(dt) + alpha_w[:, None].to(dt) * ffn.to(dt)
+    if scale_by_count:
+        out = out * (1 + k).to(out.dtype)[:, None]
+    return out

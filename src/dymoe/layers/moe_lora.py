@@ -5,10 +5,19 @@ Experts come in **groups** (one per expansion, normally one per task). The layer
 - the **frozen bank** (``frozen_A``, ``frozen_B``, ``frozen_router``): every folded group, never trained again;
 - the **trainable group** (``lora_A``, ``lora_B``, ``router``): at most one group, the one being learned.
 
-Growth is the layer's API: :meth:`add_group` appends a trainable group (B = 0, so the output is unchanged),
-:meth:`fold` moves it into the frozen bank at the end of a task (DyMoE's task-end fold, dymoe.md §3.4),
-:meth:`prune` deletes experts by id. Per-expert metadata lives in buffers: ``expert_group`` (group id),
-``expert_id`` (unique id, stable across folds) and ``expert_rank``.
+Growth is the layer's API (the :class:`~dymoe.layers.base.ExpertLayer` protocol): :meth:`add_group` appends a
+group (B = 0, so the output is unchanged; or initialised from existing experts), :meth:`fold` moves the trainable
+group into the frozen bank at the end of a task (DyMoE's task-end fold, dymoe.md §3.4), :meth:`prune` deletes
+experts by id. Per-expert metadata: ``expert_group`` (group id), ``expert_id`` (unique id, stable across folds),
+``expert_rank`` and ``expert_trainable``.
+
+Routing comes from one of three places:
+
+- the layer's own router rows, one per expert, trainable with their group (the default);
+- a :class:`~dymoe.layers.router_bank.RouterBank` (``router_bank=True``): per-task routers selected per sample
+  (CMoE); the layer then has no rows of its own;
+- the block's **leader** (``share=("follower", key)``): CMoE's gate_proj and up_proj see the same input and use the
+  same gates ``w'``; the follower has no router and reuses the gates its leader computed in this forward.
 
 The forward is :func:`dymoe.layers.functional.moe_lora_delta` over the concatenated bank: no Python loop over
 experts. Router modes ``linear``, ``cosine`` and ``none`` (every allowed expert weight 1). Scores and the softmax are
@@ -22,17 +31,20 @@ import math
 import torch
 import torch.nn as nn
 
+from dymoe.layers.base import EXPERT_INITS, ExpertLayer
 from dymoe.layers.context import RoutingContext, RoutingEvent
 from dymoe.layers.functional import ROUTER_MODES, moe_lora_delta, route, router_scores
+from dymoe.layers.router_bank import RouterBank
 
 # parameter names, declared once: save/load and requires_grad filtering work on these (PEFT style)
 TRAINABLE_NAMES = ("lora_A", "lora_B", "router")
 FROZEN_NAMES = ("frozen_A", "frozen_B", "frozen_router")
 META_NAMES = ("expert_group", "expert_id", "expert_rank", "expert_trainable")
 INIT_MODES = ("kaiming", "normal")
+SHARE_ROLES = ("leader", "follower")
 
 
-class MoELoRALinear(nn.Module):
+class MoELoRALinear(ExpertLayer):
     """A frozen linear layer with a routed, growable mixture of LoRA experts.
 
     ``h = W0 x + s · Σ_i w_i(x) B_i A_i dropout(x)`` with ``w`` the top-K softmax of the router scores at
@@ -51,7 +63,16 @@ class MoELoRALinear(nn.Module):
         param_dtype: dtype of the expert tensors; None = the base weight's. Keeping them in float32 under a bf16
             base (with autocast) gives fp32 master weights, as PEFT does.
         context: the shared :class:`RoutingContext` (one per model); a private one if None.
+        stream: ``"text"`` (rows are samples) or ``"vision"`` (rows are images: a vision-tower projection).
+        router_bank: route with a per-sample :class:`RouterBank` instead of rows tied to experts.
+        share: ``("leader", key)`` or ``("follower", key)``: one router per block, the follower reusing the gates
+            of the leader with the same ``key`` (they must hold the same experts).
     """
+
+    kind = "moe_lora"
+    size_name = "expert_rank"
+    trainable_names = TRAINABLE_NAMES
+    frozen_names = FROZEN_NAMES
 
     def __init__(
         self,
@@ -67,6 +88,9 @@ class MoELoRALinear(nn.Module):
         init: str = "kaiming",
         param_dtype: torch.dtype | None = None,
         context: RoutingContext | None = None,
+        stream: str = "text",
+        router_bank: bool = False,
+        share: tuple[str, str] | None = None,
     ):
         super().__init__()
         if router not in ROUTER_MODES:
@@ -75,6 +99,10 @@ class MoELoRALinear(nn.Module):
             raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if share is not None and share[0] not in SHARE_ROLES:
+            raise ValueError(f"share role must be one of {SHARE_ROLES}, got {share[0]!r}")
+        if share is not None and share[0] == "follower" and router_bank:
+            raise ValueError("a follower projection has no router of its own, so no router bank either")
         self.base = base
         base.weight.requires_grad_(False)
         if base.bias is not None:
@@ -87,15 +115,13 @@ class MoELoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.context = context if context is not None else RoutingContext()
         self.param_dtype = param_dtype
-        self._next_expert_id = 0
+        self.route_role, self.route_key = share if share is not None else ("own", None)
 
         w = base.weight
         for name in FROZEN_NAMES + TRAINABLE_NAMES:
             self._set_param(name, self._empty(name, 0, self._pdtype(), w.device), trainable=name in TRAINABLE_NAMES)
-        for name in META_NAMES:
-            dtype = torch.bool if name == "expert_trainable" else torch.long
-            self.register_buffer(name, torch.zeros(0, dtype=dtype, device=w.device))
-        self._refresh()
+        self._init_meta(w.device, stream)
+        self.router_bank = RouterBank(self.in_features, dtype=self._pdtype(), device=w.device) if router_bank else None
 
     # ------------------------------------------------------------------ structure
     def _pdtype(self) -> torch.dtype:
@@ -123,50 +149,82 @@ class MoELoRALinear(nn.Module):
         trainable = trainable and value.numel() > 0
         setattr(self, name, nn.Parameter(value.detach().clone() if trainable else value.detach(), requires_grad=trainable))
 
-    def _refresh(self) -> None:
-        # host-side copies of the bank's shape, so the forward never syncs with the device
-        self._n_experts = int(self.expert_id.numel())
-        self._n_frozen = int((~self.expert_trainable).sum())
-        self._groups = list(dict.fromkeys(self.expert_group.tolist()))
-        ranks = self.expert_rank.tolist()
-        self._rank = ranks[0] if ranks and all(r == ranks[0] for r in ranks) else None
-
     @property
-    def num_experts(self) -> int:
-        return self._n_experts
+    def tied_router(self) -> bool:
+        """True when each expert has its own router row (not a follower, no router bank)."""
+        return self.route_role != "follower" and self.router_bank is None
 
-    @property
-    def num_frozen(self) -> int:
-        return self._n_frozen
+    def _router_rows(self, num_experts: int) -> int:
+        return num_experts if self.tied_router else 0
 
-    @property
-    def trainable_mask(self) -> torch.Tensor:
-        """``[E]`` bool: true for experts of the trainable group (frozen experts come first)."""
-        return self.expert_trainable
+    def optional_tensor_names(self) -> tuple[str, ...]:
+        return () if self.router_bank is None else tuple(f"router_bank.{n}" for n in RouterBank.tensor_names)
 
-    @property
-    def groups(self) -> list[int]:
-        """Group ids present in this layer, in bank order."""
-        return list(self._groups)
+    def _slot_offsets(self) -> list[int]:
+        offs = [0]
+        for r in self._meta["expert_rank"]:
+            offs.append(offs[-1] + r)
+        return offs
 
-    @property
-    def has_trainable_group(self) -> bool:
-        return self._n_experts > self._n_frozen
+    def expert_state(self, expert_ids: list[int]) -> dict[str, torch.Tensor]:
+        """Copies of these experts' tensors: ``A [n, r, d_in]``, ``B [n, d_out, r]`` and (tied router) ``router
+        [n, d_in]``; the experts must share one rank. Feed one entry to :meth:`add_group` ``init="copy"``."""
+        pos = self.positions(list(expert_ids))
+        ranks = {self._meta["expert_rank"][p] for p in pos}
+        if len(ranks) != 1:
+            raise ValueError(f"experts {list(expert_ids)} have ranks {sorted(ranks)}; expected one rank")
+        offs = self._slot_offsets()
+        a, b, u = (t.detach() for t in self.bank())
+        out = {
+            "A": torch.stack([a[offs[p] : offs[p + 1]] for p in pos]).clone(),
+            "B": torch.stack([b[:, offs[p] : offs[p + 1]] for p in pos]).clone(),
+        }
+        if self.tied_router:
+            out["router"] = u[pos].clone()
+        return out
+
+    def _init_from(self, init: str, source, rank: int) -> dict[str, torch.Tensor]:
+        """One expert's ``A [r, d_in]``, ``B [d_out, r]`` (and ``router [d_in]``) from existing experts."""
+        if init == "mean":
+            pos = self.group_positions(None if source is None else list(source))
+            if not pos:
+                raise ValueError("init='mean' needs existing experts")
+            state = self.expert_state([self._meta["expert_id"][p] for p in pos])
+            mean = {k: v.float().mean(0) for k, v in state.items()}
+        else:
+            state = self.expert_state([int(source)]) if not isinstance(source, dict) else source
+            mean = {k: (v[0] if v.dim() == (3 if k != "router" else 2) else v).float() for k, v in state.items()}
+        if mean["A"].shape[0] != rank:
+            raise ValueError(f"init={init!r}: the source experts have rank {mean['A'].shape[0]}, the new ones {rank}")
+        return mean
 
     @torch.no_grad()
-    def add_group(self, group_id: int, num_experts: int, rank: int, *, trainable: bool = True) -> list[int]:
+    def add_group(
+        self,
+        group_id: int,
+        num_experts: int,
+        rank: int,
+        *,
+        trainable: bool = True,
+        init: str = "default",
+        source=None,
+        router_init: str = "default",
+    ) -> list[int]:
         """Append a group of ``num_experts`` experts of rank ``rank``; returns their expert ids.
 
-        A new trainable group has ``B = 0`` (the layer's output is unchanged), A initialised per ``init`` and
-        router rows with the ``nn.Linear`` default (kaiming-uniform), dymoe.md §2.2 (router ``none``: rows of width 0). A frozen group
+        A new trainable group has ``B = 0`` (the layer's output is unchanged), A initialised per the layer's
+        ``init`` and router rows with the ``nn.Linear`` default (kaiming-uniform), dymoe.md §2.2 (router ``none``:
+        rows of width 0; followers and router-bank layers: no rows). A frozen group
         (``trainable=False``) is appended to the frozen bank, e.g. when a checkpoint is rebuilt.
+
+        ``init`` ``"mean"``: every new expert is the mean of the experts of groups ``source`` (a list of group ids;
+        None = every present expert), CMoE's probes (cmoe.md §4.2); ``"copy"``: a copy of expert ``source`` (an
+        expert id, or one entry of :meth:`expert_state`), CMoE's expansion (§4.4). ``router_init`` ``"source"``
+        takes their router rows the same way (MoExtend); the default draws fresh rows (CMoE).
         """
-        if num_experts <= 0 or rank <= 0:
-            raise ValueError(f"num_experts and rank must be positive, got {num_experts}, {rank}")
-        if group_id in self.groups:
-            raise ValueError(f"group {group_id} already exists in this layer")
-        if trainable and self.has_trainable_group:
-            raise ValueError("the layer already has a trainable group; fold or freeze it first")
+        if init not in EXPERT_INITS:
+            raise ValueError(f"init must be one of {EXPERT_INITS}, got {init!r}")
+        self._check_new_group(group_id, num_experts, rank, trainable)
         w = self.base.weight
         dt = self._pdtype()
         a = torch.empty(num_experts * rank, self.in_features, dtype=torch.float32, device=w.device)
@@ -178,41 +236,42 @@ class MoELoRALinear(nn.Module):
         b = torch.zeros(self.out_features, num_experts * rank, dtype=dt, device=w.device)
         u = torch.empty(num_experts, self.in_features, dtype=torch.float32, device=w.device)
         nn.init.kaiming_uniform_(u, a=math.sqrt(5))
-        # router "none" keeps no rows; the draw above still happens so that every later initialisation consumes
-        # the same random numbers as before (runs of router-"none" methods stay comparable across versions)
-        u = u[:, : self._router_width]
-        ids = list(range(self._next_expert_id, self._next_expert_id + num_experts))
-        self._next_expert_id += num_experts
-        meta = {
-            "expert_group": torch.full((num_experts,), group_id, dtype=torch.long),
-            "expert_id": torch.tensor(ids, dtype=torch.long),
-            "expert_rank": torch.full((num_experts,), rank, dtype=torch.long),
-            "expert_trainable": torch.full((num_experts,), trainable, dtype=torch.bool),
-        }
+        if init != "default":
+            src = self._init_from(init, source, rank)
+            a = src["A"].to(w.device).repeat(num_experts, 1)
+            b = src["B"].to(w.device, dt).repeat(1, num_experts)
+            if router_init == "source":
+                if "router" not in src:
+                    raise ValueError("router_init='source' needs source experts with router rows")
+                u = src["router"].to(w.device).expand(num_experts, -1).clone()
+        # router "none" keeps rows of width 0, followers and router-bank layers none at all; the draw above still
+        # happens so that every later initialisation consumes the same random numbers as before (runs stay
+        # comparable across versions and configurations)
+        u = u[: self._router_rows(num_experts), : self._router_width]
+        ids, meta = self._appended_meta(group_id, num_experts, rank, trainable)
         if trainable:
             self._set_param("lora_A", a.to(dt), trainable=True)
             self._set_param("lora_B", b, trainable=True)
             self._set_param("router", u.to(dt), trainable=True)
-            for name, value in meta.items():
-                setattr(self, name, torch.cat([getattr(self, name), value.to(w.device)]))
         else:
             # frozen experts go at the end of the frozen bank, before any trainable group
-            nf = self.num_frozen
             self._set_param("frozen_A", torch.cat([self.frozen_A, a.to(dt)]), trainable=False)
             self._set_param("frozen_B", torch.cat([self.frozen_B, b], dim=1), trainable=False)
             self._set_param("frozen_router", torch.cat([self.frozen_router, u.to(dt)]), trainable=False)
-            for name, value in meta.items():
-                cur = getattr(self, name)
-                setattr(self, name, torch.cat([cur[:nf], value.to(w.device), cur[nf:]]))
-        self._refresh()
+        self._set_meta(meta, w.device)
+        if self.router_bank is not None:
+            self.router_bank.extend(ids)
         return ids
 
     @torch.no_grad()
     def fold(self) -> None:
         """Move the trainable group into the frozen bank (rows of A, columns of B, router rows); no-op if none.
 
-        The output is unchanged: the concatenated bank is the same, only ``requires_grad`` changes.
+        The output is unchanged: the concatenated bank is the same, only ``requires_grad`` changes. An open router
+        of a router bank is closed too.
         """
+        if self.router_bank is not None:
+            self.router_bank.close()
         if not self.has_trainable_group:
             return
         self._set_param("frozen_A", torch.cat([self.frozen_A, self.lora_A.detach()]), trainable=False)
@@ -220,67 +279,102 @@ class MoELoRALinear(nn.Module):
         self._set_param("frozen_router", torch.cat([self.frozen_router, self.router.detach()]), trainable=False)
         for name in TRAINABLE_NAMES:
             self._set_param(name, self._empty(name, 0, self.frozen_A.dtype, self.frozen_A.device), trainable=True)
-        self.expert_trainable = torch.zeros_like(self.expert_trainable)
-        self._refresh()
+        self._set_meta({**self._meta, "expert_trainable": [False] * self._n_experts}, self.expert_id.device)
 
     @torch.no_grad()
     def prune(self, expert_ids: list[int]) -> None:
         """Remove the experts with these ids (their A rows, B columns and router rows) from either bank."""
-        ids = torch.tensor(sorted(set(int(i) for i in expert_ids)), dtype=torch.long, device=self.expert_id.device)
-        missing = ids[~torch.isin(ids, self.expert_id)]
-        if missing.numel():
-            raise ValueError(f"no experts with ids {missing.tolist()} in this layer")
-        keep = ~torch.isin(self.expert_id, ids)  # [E]
-        slot_keep = keep.repeat_interleave(self.expert_rank)  # [R]
-        nf, nf_slots = self.num_frozen, int(self.expert_rank[: self.num_frozen].sum())
-        fk, tk = keep[:nf], keep[nf:]
-        fs, ts = slot_keep[:nf_slots], slot_keep[nf_slots:]
+        keep = self._keep_after_prune(expert_ids)  # [E] host
+        slot_keep = [k for k, r in zip(keep, self._meta["expert_rank"]) for _ in range(r)]  # [R] host
+        nf = self._n_frozen
+        nf_slots = sum(self._meta["expert_rank"][:nf])
+        dev = self.frozen_A.device
+
+        def mask(values: list[bool]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.bool, device=dev)
+
+        fs, ts = mask(slot_keep[:nf_slots]), mask(slot_keep[nf_slots:])
         self._set_param("frozen_A", self.frozen_A[fs], trainable=False)
         self._set_param("frozen_B", self.frozen_B[:, fs], trainable=False)
-        self._set_param("frozen_router", self.frozen_router[fk], trainable=False)
+        if self.tied_router:
+            self._set_param("frozen_router", self.frozen_router[mask(keep[:nf])], trainable=False)
         if self.has_trainable_group:
             self._set_param("lora_A", self.lora_A.detach()[ts], trainable=True)
             self._set_param("lora_B", self.lora_B.detach()[:, ts], trainable=True)
-            self._set_param("router", self.router.detach()[tk], trainable=True)
-        for name in META_NAMES:
-            setattr(self, name, getattr(self, name)[keep])
-        self._refresh()
+            if self.tied_router:
+                self._set_param("router", self.router.detach()[mask(keep[nf:])], trainable=True)
+        if self.router_bank is not None:
+            self.router_bank.prune([e for e, k in zip(self._meta["expert_id"], keep) if not k])
+        self._set_meta({k: [v for v, kk in zip(vals, keep) if kk] for k, vals in self._meta.items()}, self.expert_id.device)
 
     def structure(self) -> dict:
         """JSON-serialisable description of the bank (enough to rebuild empty tensors of the right shapes)."""
-        return {
-            "expert_group": self.expert_group.tolist(),
-            "expert_id": self.expert_id.tolist(),
-            "expert_rank": self.expert_rank.tolist(),
-            "expert_trainable": self.expert_trainable.tolist(),
-            "next_expert_id": self._next_expert_id,
-        }
+        spec = self._meta_spec()
+        if self.router_bank is not None:
+            spec["router_bank"] = self.router_bank.structure()
+        return spec
 
     @torch.no_grad()
     def load_structure(self, spec: dict) -> None:
         """Resize the banks to match :meth:`structure` output (contents zero; load the tensors afterwards)."""
-        trainable = torch.tensor(spec["expert_trainable"], dtype=torch.bool)
-        ranks = torch.tensor(spec["expert_rank"], dtype=torch.long)
-        n_frozen = int((~trainable).sum())
-        if bool(trainable[:n_frozen].any()):
-            raise ValueError("frozen experts must come before trainable ones")
-        fr, tr = int(ranks[:n_frozen].sum()), int(ranks[n_frozen:].sum())
+        meta, n_frozen = self._read_meta_spec(spec)
+        ranks = meta["expert_rank"]
+        fr, tr = sum(ranks[:n_frozen]), sum(ranks[n_frozen:])
+        n_train = len(ranks) - n_frozen
         w = self.base.weight
         dt = self._pdtype()
-        for name, rows in (("frozen_A", fr), ("frozen_B", fr), ("frozen_router", n_frozen)):
+        for name, rows in (("frozen_A", fr), ("frozen_B", fr), ("frozen_router", self._router_rows(n_frozen))):
             self._set_param(name, self._empty(name, rows, dt, w.device), trainable=False)
-        for name, rows in (("lora_A", tr), ("lora_B", tr), ("router", len(trainable) - n_frozen)):
+        for name, rows in (("lora_A", tr), ("lora_B", tr), ("router", self._router_rows(n_train))):
             self._set_param(name, self._empty(name, rows, dt, w.device), trainable=True)
-        self.expert_group = torch.tensor(spec["expert_group"], dtype=torch.long, device=w.device)
-        self.expert_id = torch.tensor(spec["expert_id"], dtype=torch.long, device=w.device)
-        self.expert_rank = ranks.to(w.device)
-        self.expert_trainable = trainable.to(w.device)
-        self._next_expert_id = int(spec.get("next_expert_id", max(spec["expert_id"], default=-1) + 1))
-        self._refresh()
+        if (self.router_bank is not None) != ("router_bank" in spec):
+            raise ValueError("router_bank: the checkpoint and the layer disagree on having a router bank")
+        if self.router_bank is not None:
+            self.router_bank.load_structure(spec["router_bank"])
+        self._next_expert_id = int(spec.get("next_expert_id", max(meta["expert_id"], default=-1) + 1))
+        self._set_meta(meta, w.device)
+
+    # ------------------------------------------------------------------ router bank
+    def open_router(self, router_id: int, *, trainable: bool = True, copy_previous: bool = True) -> None:
+        """Open router ``router_id`` of the router bank over every present expert (see :meth:`RouterBank.open`)."""
+        if self.router_bank is None:
+            raise ValueError("this layer has no router bank (adapter site option router_bank)")
+        self.router_bank.open(router_id, self.expert_ids, trainable=trainable, copy_previous=copy_previous)
+
+    # ------------------------------------------------------------------ accounting
+    def parameter_counts(self) -> dict:
+        """Learnable parameters: ``{"experts": {group: n}, "routers": {group: n}, "shared": n}``: each group's
+        experts (``r·(d_in + d_out)`` each) and router rows; ``shared``: router-bank rows, which belong to routers
+        rather than groups."""
+        per_row = self._router_width if self.tied_router else 0
+        experts: dict[int, int] = {}
+        routers: dict[int, int] = {}
+        for g, r in zip(self._meta["expert_group"], self._meta["expert_rank"]):
+            experts[g] = experts.get(g, 0) + r * (self.in_features + self.out_features)
+            routers[g] = routers.get(g, 0) + per_row
+        shared = 0 if self.router_bank is None else sum(p.numel() for p in self.router_bank.parameters())
+        return {"experts": experts, "routers": routers, "shared": shared}
+
+    def activated_per_token(self, mean_active: float | None = None) -> float:
+        """Parameters one token uses: ``mean_active`` experts of average size (None: the router's nominal count,
+        ``min(top_k, E)``, or ``E`` for the ``none`` router) plus every router row that scores it."""
+        e = self._n_experts
+        if e == 0:
+            return 0.0
+        k = mean_active if mean_active is not None else (e if self.router_mode == "none" else min(self.top_k, e))
+        per_expert = sum(self._meta["expert_rank"]) * (self.in_features + self.out_features) / e
+        if self.tied_router:
+            router = e * self._router_width
+        elif self.router_bank is not None and self.router_bank.router_ids:
+            router = len(self.router_bank.rows_of(self.router_bank.router_ids[-1])) * self.in_features
+        else:
+            router = 0
+        return float(k * per_expert + (router if self.router_mode != "none" else 0))
 
     # ------------------------------------------------------------------ forward
     def bank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The whole bank, frozen experts first: ``A [R, d_in]``, ``B [d_out, R]``, ``U [E, d_in]``."""
+        """The whole bank, frozen experts first: ``A [R, d_in]``, ``B [d_out, R]``, ``U [E, d_in]`` (``U`` has no
+        rows when the layer has no router of its own)."""
         if not self.has_trainable_group:
             return self.frozen_A, self.frozen_B, self.frozen_router
         if self.num_frozen == 0:
@@ -291,6 +385,19 @@ class MoELoRALinear(nn.Module):
             torch.cat([self.frozen_router, self.router]),
         )
 
+    def _follower_gates(self, n_tokens: int) -> torch.Tensor:
+        weights = self.context.shared_gates.get(self.route_key)
+        if weights is None:
+            raise RuntimeError(
+                f"follower projection of block {self.route_key!r} ran before its leader in this forward"
+            )
+        if weights.shape != (n_tokens, self._n_experts):
+            raise RuntimeError(
+                f"block {self.route_key!r}: the leader's gates are {tuple(weights.shape)}, this follower needs "
+                f"{(n_tokens, self._n_experts)} (leader and followers must hold the same experts)"
+            )
+        return weights
+
     def gate_weights(
         self, x2d: torch.Tensor, batch: int, seq: int, router: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, RoutingEvent | None]:
@@ -298,13 +405,27 @@ class MoELoRALinear(nn.Module):
 
         ``router`` ``[E, d_in]``: the bank's router rows if the caller already has them (saves a concatenation).
         """
-        u = self.bank()[2] if router is None else router
         ctx = self.context
-        scores = router_scores(x2d, u, self.router_mode, self.cos_scale)  # [N, E] fp32
+        if self.route_role == "follower":
+            return self._follower_gates(x2d.shape[0]), None
+        if self.router_bank is not None:
+            rid = None if ctx.router_ids is None else ctx.per_row(ctx.router_ids, batch, self.stream, "router_ids")
+            scores = self.router_bank.scores(
+                x2d, self._meta["expert_id"], self.router_mode, self.cos_scale, rid, batch, seq
+            )  # [N, E] fp32
+        else:
+            u = self.bank()[2] if router is None else router
+            scores = router_scores(x2d, u, self.router_mode, self.cos_scale)  # [N, E] fp32
         adjusted = scores
         if ctx.policy is not None:
             adjusted = ctx.policy(adjusted, self)
-        allowed = ctx.allowed_experts(self.expert_group, batch, seq, max(self._groups))
+        allowed = ctx.allowed_experts(self.expert_group, batch, seq, max(self._groups), self.stream)
+        if ctx.selector is not None or ctx.selections:
+            chosen = ctx.selection(self, x2d.reshape(batch, seq, -1), batch, self.stream)  # [B] group ids
+            if chosen is not None:
+                picked = (self.expert_group[None, :] == chosen[:, None]).unsqueeze(1)  # [B, 1, E]
+                picked = picked.expand(batch, seq, -1).reshape(batch * seq, -1)  # [N, E]
+                allowed = picked if allowed is None else allowed & picked
         if allowed is not None:
             adjusted = adjusted.masked_fill(~allowed, float("-inf"))
         if self.router_mode == "none":
@@ -313,13 +434,18 @@ class MoELoRALinear(nn.Module):
             weights = route(adjusted, self.top_k, self.temperature)
         event = None
         if ctx.recording and ctx.observers:
-            event = RoutingEvent(self, scores, adjusted, weights, ctx.token_mask(batch, seq))
+            event = RoutingEvent(
+                self, scores, adjusted, weights, ctx.token_mask(batch, seq, self.stream),
+                inputs=x2d if ctx.capture_inputs else None,
+            )
+        if self.route_role == "leader":
+            ctx.shared_gates[self.route_key] = weights
         return weights, event
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., d_in]`` → ``[..., d_out]``."""
+        """``x [..., d_in]`` → ``[..., d_out]``; text rows ``[B, T, d_in]``, vision rows ``[images, patches, d_in]``."""
         out = self.base(x)
-        if self.num_experts == 0:
+        if self._n_experts == 0 or self.context.bypass:
             return out
         lead = x.shape[:-1]
         batch, seq = (lead[0], math.prod(lead[1:])) if len(lead) >= 2 else (1, math.prod(lead))
@@ -328,15 +454,17 @@ class MoELoRALinear(nn.Module):
         weights, event = self.gate_weights(x2d, batch, seq, u)
         if event is not None:
             self.context.emit(event)
-        ranks = self._rank if self._rank is not None else self.expert_rank
+        ranks = self._size if self._size is not None else self.expert_rank
         # .to() is a no-op when dtypes agree; under autocast the GEMMs run in the autocast dtype anyway
         a, b = a.to(x.dtype), b.to(x.dtype)
         delta = moe_lora_delta(self.dropout(x2d), a, b, weights.to(x.dtype), ranks, self.scaling)  # [N, d_out]
         return out + delta.reshape(*lead, self.out_features).to(out.dtype)
 
     def extra_repr(self) -> str:
+        role = "" if self.route_role == "own" else f", {self.route_role} of {self.route_key}"
+        bank = "" if self.router_bank is None else f", router bank {self.router_bank.router_ids}"
         return (
             f"in={self.in_features}, out={self.out_features}, experts={self.num_experts} "
             f"(frozen {self.num_frozen}), groups={self.groups}, router={self.router_mode}, top_k={self.top_k}, "
-            f"T={self.temperature}, scaling={self.scaling:g}"
+            f"T={self.temperature}, scaling={self.scaling:g}, stream={self.stream}{role}{bank}"
         )

@@ -1,4 +1,5 @@
-"""Continual-learning methods as plugins (one file each), registered by name."""
+"""Continual-learning methods as plugins, registered by name: one file per baseline, one package per system
+(``dymoe/``; the peer systems ``cmoe/``, ``dmole/``, ``smoe_dsal/`` are placeholders until their issues land)."""
 
 from dymoe.methods.base import Method, StepInfo, TaskInfo
 from dymoe.methods.dymoe import DyMoE

@@ -36,7 +36,8 @@ from dymoe.config import build_dataclass
 from dymoe.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dymoe.injection.inject import AdapterConfig, ExpertAdapter
+    from dymoe.injection.adapter import ExpertAdapter
+    from dymoe.injection.config import AdapterConfig
     from dymoe.layers.context import RoutingPolicy
 
 

@@ -21,13 +21,12 @@ import torch
 from torch.func import functional_call
 
 from dymoe.errors import ConfigError
-from dymoe.layers.moe_lora import TRAINABLE_NAMES
 from dymoe.methods.base import StepInfo, TaskInfo
 from dymoe.methods.lora import LoRA, LoRAOptions
 from dymoe.methods.penalties import distillation_kl
 
 if TYPE_CHECKING:
-    from dymoe.injection.inject import ExpertAdapter
+    from dymoe.injection.adapter import ExpertAdapter
     from dymoe.layers.context import RoutingContext
 
 
@@ -51,27 +50,22 @@ class LwFOptions(LoRAOptions):
 
 def trainable_tensors(adapter: ExpertAdapter) -> dict[str, torch.nn.Parameter]:
     """The adapter's non-empty trainable tensors by their parameter name in the model (``<module>.lora_A`` ...)."""
-    return {
-        f"{mname}.{n}": p
-        for mname, m in adapter.modules.items()
-        for n in TRAINABLE_NAMES
-        if (p := getattr(m, n)).numel() > 0 and p.requires_grad
-    }
+    return {k: p for k, p in adapter.named_tensors() if p.numel() > 0 and p.requires_grad}
 
 
 @contextlib.contextmanager
 def side_forward(model: torch.nn.Module, context: RoutingContext) -> Iterator[None]:
     """A forward that is not training: every module in eval mode (no dropout, no gradient checkpointing) and
-    routing recording off. Each module's mode and the context's recording flag, policy and group mask are restored
-    afterwards. Callers pass ``use_cache=False`` to the model: a KV cache would only cost memory here."""
+    routing recording off. Each module's mode and the whole routing context (inputs, recording flag, per-forward
+    state) are restored afterwards. Callers pass ``use_cache=False`` to the model: a KV cache would only cost memory
+    here."""
     modes = [(m, m.training) for m in model.modules()]
-    saved = (context.recording, context.policy, context.group_mask)
     model.eval()
-    context.recording = False
     try:
-        yield
+        with context.isolated():
+            context.recording = False
+            yield
     finally:
-        context.recording, context.policy, context.group_mask = saved
         for m, mode in modes:
             m.training = mode
 

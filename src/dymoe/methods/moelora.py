@@ -17,7 +17,7 @@ from dymoe.errors import ConfigError
 from dymoe.methods.base import Method, TaskInfo
 
 if TYPE_CHECKING:
-    from dymoe.injection.inject import AdapterConfig
+    from dymoe.injection.config import AdapterConfig
 
 
 @dataclass
