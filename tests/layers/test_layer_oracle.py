@@ -217,6 +217,20 @@ def test_default_forward_backward_runs_no_more_ops(steps):
     assert n_new == n_old  # the same operations, not just as many
 
 
+def test_forward_with_policy_mask_and_observers_runs_the_same_ops():
+    """DyMoE's training path: a policy, a group mask and a recording observer."""
+    new, old = build_pair(steps=("add:0:3", "fold", "add:1:4"))
+    x = torch.randn(2, 5, D_IN, requires_grad=True)
+    counts = []
+    for layer in (new, old):
+        ctx = layer.context
+        ctx.policy, ctx.recording = policy_mask_first_expert, True
+        ctx.group_mask = torch.tensor([[True, True], [False, True]])
+        ctx.observers[:] = [lambda ev: ev.scores.pow(2).sum()]
+        counts.append(count_ops(fwd_bwd(layer, x)))
+    assert counts[0] == counts[1], counts[0] - counts[1]
+
+
 def swap_in_oracle(model, adapter):
     """Replace every wrapped layer by a frozen-v1 layer holding the same tensors."""
     for name, layer in adapter.modules.items():

@@ -44,7 +44,29 @@ MLP_DEFAULTS: dict[str, Any] = {
 
 
 @dataclass
-class SiteConfig:
+class ExpertSiteFields:
+    """The fields every site has and the flat :class:`AdapterConfig` fields are (documented there)."""
+
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    scope: str | None = None
+    experts_per_group: int = 16
+    expert_rank: int = 4
+    alpha: float = 128.0
+    bank_rank: int | None = None
+    top_k: int = 16
+    router: str = "cosine"
+    temperature: float = 0.01
+    cos_scale: float = 1.0
+    dropout: float = 0.05
+    init: str = "kaiming"
+
+    @property
+    def effective_bank_rank(self) -> int:
+        return int(self.bank_rank or self.experts_per_group * self.expert_rank)
+
+
+@dataclass
+class SiteConfig(ExpertSiteFields):
     """One injection site (see the module docstring).
 
     Attributes:
@@ -71,19 +93,7 @@ class SiteConfig:
     name: str = "default"
     kind: str = "linear"
     stream: str | None = None
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    scope: str | None = None
-    experts_per_group: int = 16
-    expert_rank: int = 4
     expert_width: int = 128
-    alpha: float = 128.0
-    bank_rank: int | None = None
-    top_k: int = 16
-    router: str = "cosine"
-    temperature: float = 0.01
-    cos_scale: float = 1.0
-    dropout: float = 0.05
-    init: str = "kaiming"
     share_router: str = "none"
     router_bank: bool = False
     router_hidden: int = 16
@@ -127,18 +137,13 @@ class SiteConfig:
         """The per-expert size ``add_group`` takes: the LoRA rank or the FFN width."""
         return int(self.expert_rank if self.kind == "linear" else self.expert_width)
 
-    @property
-    def effective_bank_rank(self) -> int:
-        return int(self.bank_rank or self.experts_per_group * self.expert_rank)
-
 
 # fields of the flat AdapterConfig that a linear site inherits
-_INHERITED = ("targets", "scope", "experts_per_group", "expert_rank", "alpha", "bank_rank", "top_k", "router",
-              "temperature", "cos_scale", "dropout", "init")
+_INHERITED = tuple(f.name for f in fields(ExpertSiteFields))
 
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(ExpertSiteFields):
     """How experts are attached (defaults: LLaVA-DyMoE, dymoe.md §2 and §8).
 
     Attributes:
@@ -160,18 +165,6 @@ class AdapterConfig:
             one site made of the flat fields above.
     """
 
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    scope: str | None = None
-    experts_per_group: int = 16
-    expert_rank: int = 4
-    alpha: float = 128.0
-    bank_rank: int | None = None
-    top_k: int = 16
-    router: str = "cosine"
-    temperature: float = 0.01
-    cos_scale: float = 1.0
-    dropout: float = 0.05
-    init: str = "kaiming"
     param_dtype: str = "float32"
     sites: list[dict[str, Any]] | None = None
 
@@ -190,10 +183,6 @@ class AdapterConfig:
         if not self.targets:
             raise ConfigError("adapter.targets must name at least one module")
         self.resolved_sites()  # validate the sites now, with keys in the errors
-
-    @property
-    def effective_bank_rank(self) -> int:
-        return int(self.bank_rank or self.experts_per_group * self.expert_rank)
 
     def resolved_sites(self) -> list[SiteConfig]:
         """The sites, with every field filled in (the flat fields alone when ``sites`` is None)."""

@@ -313,7 +313,7 @@ class MoEFFN(ExpertLayer):
             alive = any(keep[e0:e1])
             row_keep += [alive] * self._threshold_rows + keep[e0:e1]
             hid_keep += [alive] * self.router_hidden
-        n_frozen_groups = len({g for g, t in zip(self._meta["expert_group"], self._meta["expert_trainable"]) if not t})
+        n_frozen_groups = lay["frozen_groups"]
         nf_slots = sum(widths[: self._n_frozen])
         nf_rows = lay["rows"][n_frozen_groups - 1][1] if n_frozen_groups else 0
         nf_hid = n_frozen_groups * self.router_hidden
@@ -338,7 +338,7 @@ class MoEFFN(ExpertLayer):
         self._set_meta(meta, dev)
         lay = self._layout()
         groups = self._group_sizes()
-        nfg = len(dict.fromkeys(g for g, t in zip(meta["expert_group"], meta["expert_trainable"]) if not t))
+        nfg = lay["frozen_groups"]
         parts = {
             "frozen_": (sum(meta["expert_width"][:n_frozen]), nfg, lay["rows"][nfg - 1][1] if nfg else 0),
         }
