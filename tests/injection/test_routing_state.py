@@ -189,3 +189,46 @@ def test_followers_route_with_their_leaders_gates_in_a_model(tiny):
         block = next(n for n, m in adapter.modules.items() if m is ev.layer).rsplit(".", 1)[0]
         assert torch.equal(used[f"{block}.up_proj"], ev.weights)
         assert torch.equal(used[f"{block}.down_proj"], ev.weights)
+
+
+def test_router_bank_shared_by_a_block_cmoe(tiny, tmp_path):
+    """CMoE's layout (cmoe.md §2-§3): gate_proj and up_proj share one router per block, and that router is a
+    per-task bank picked per sample. The leader holds the bank, the follower reuses its gates; per-sample router ids
+    in a batch equal one sample at a time; the checkpoint brings it all back."""
+    from dymoe.injection import load_adapter, save_adapter
+
+    site = {"targets": ["gate_proj", "up_proj"], "share_router": "block", "router_bank": True, "experts_per_group": 2,
+            "expert_rank": 2, "top_k": 1, "router": "linear", "temperature": 1.0, "dropout": 0.0}
+    model = tiny.llama()
+    adapter = inject(model, AdapterConfig(sites=[site]))
+    leaders = {n: m for n, m in adapter.modules.items() if m.route_role == "leader"}
+    assert sorted(n.rsplit(".", 1)[1] for n in adapter.modules) == ["gate_proj", "gate_proj", "up_proj", "up_proj"]
+    assert all(n.endswith("gate_proj") and m.router_bank is not None for n, m in leaders.items())
+    assert all(m.router_bank is None for m in adapter.modules.values() if m.route_role == "follower")
+    torch.manual_seed(1)
+    for task in range(3):
+        adapter.add_group(task)
+        adapter.open_router(task)
+        with torch.no_grad():
+            for m in adapter.modules.values():
+                m.lora_B.normal_(std=0.5)
+        adapter.fold()
+    ids = torch.randint(2, 64, (3, 5), generator=torch.Generator().manual_seed(2))
+    rids = [0, 2, 1]
+    ctx = adapter.context
+    events = []
+    ctx.recording, ctx.observers = True, [events.append]
+    with torch.no_grad(), ctx.use(router_ids=torch.tensor(rids)):
+        batched = model(input_ids=ids).logits
+    assert {id(ev.layer) for ev in events} == {id(m) for m in leaders.values()}  # one router per block
+    ctx.recording = False
+    for b, rid in enumerate(rids):
+        with torch.no_grad(), ctx.use(router_ids=torch.tensor([rid])):
+            alone = model(input_ids=ids[b : b + 1]).logits[0]
+        torch.testing.assert_close(batched[b], alone, atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), ctx.use(router_ids=torch.tensor([0, 0, 0])):
+        assert not torch.allclose(model(input_ids=ids).logits[1], batched[1])
+    save_adapter(adapter, tmp_path / "ckpt")
+    fresh, _ = load_adapter(tiny.llama(), tmp_path / "ckpt")
+    with torch.no_grad(), fresh.context.use(router_ids=torch.tensor(rids)):
+        assert torch.equal(fresh.model(input_ids=ids).logits, batched)

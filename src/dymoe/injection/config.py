@@ -8,7 +8,8 @@ An adapter may have several sites (``adapter.sites``), each a mapping of overrid
   ``nn.Linear`` modules; unspecified fields come from the flat fields. ``scope: vision`` puts them in the vision
   tower (D-MoLE, dmole.md §2). ``share_router: block`` gives the projections of one parent module (``mlp``) one
   router: the first is the leader, the others follow (CMoE's gate_proj + up_proj, cmoe.md §2).
-  ``router_bank: true`` routes with per-task routers selected per sample (CMoE, cmoe.md §3);
+  ``router_bank: true`` routes with per-task routers selected per sample (CMoE, cmoe.md §3); with
+  ``share_router: block`` the leader holds the block's router bank and its followers reuse its gates;
 - ``kind: mlp``: routed SwiGLU experts beside whole MLP modules (:class:`~dymoe.layers.moe_ffn.MoEFFN`, SMoE,
   smoe-dsal.md §1–§2); unspecified fields come from :data:`MLP_DEFAULTS` (the paper's N_e = 4, d' = 128,
   AT-Router).
@@ -83,7 +84,8 @@ class SiteConfig(ExpertSiteFields):
         router: ``cosine``/``linear``/``none`` (``linear``), ``at``/``topk`` (``mlp``).
         dropout: dropout on the experts' input.
         share_router: ``none`` or ``block`` (``linear``: one router per parent module, leader + followers).
-        router_bank: per-sample router bank instead of per-expert router rows (``linear``).
+        router_bank: per-sample router bank instead of per-expert router rows (``linear``; with
+            ``share_router: block``, one bank per block, held by the leader).
         router_hidden: hidden width of each domain module's router MLP, 0 = linear (``mlp``).
         scale_by_count: Eq. 11's ``(1 + k)`` factor (``mlp``, AT-Router).
         down_init: ``zero`` or ``kaiming`` init of the experts' down projection (``mlp``).
@@ -129,8 +131,6 @@ class SiteConfig(ExpertSiteFields):
             raise ConfigError(f"{where}: targets must name at least one module")
         if self.kind == "mlp" and (self.share_router != "none" or self.router_bank):
             raise ConfigError(f"{where}: share_router and router_bank apply to kind 'linear' only")
-        if self.share_router == "block" and self.router_bank:
-            raise ConfigError(f"{where}: share_router 'block' and router_bank cannot be combined (yet)")
 
     @property
     def expert_size(self) -> int:

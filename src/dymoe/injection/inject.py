@@ -119,7 +119,8 @@ def _build(site: SiteConfig, target: nn.Module, context: RoutingContext, param_d
             param_dtype=param_dtype,
             context=context,
             stream=site.stream,
-            router_bank=site.router_bank,
+            # one router per block: the leader holds the block's router bank, followers reuse its gates
+            router_bank=site.router_bank and (share is None or share[0] == "leader"),
             share=share,
         )
     return MoEFFN(
