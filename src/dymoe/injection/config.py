@@ -27,7 +27,7 @@ from dymoe.injection.targets import DEFAULT_TARGETS
 from dymoe.layers.context import STREAMS
 from dymoe.layers.functional import ROUTER_MODES
 from dymoe.layers.moe_ffn import DOWN_INITS, FFN_ROUTERS
-from dymoe.layers.moe_lora import INIT_MODES
+from dymoe.layers.moe_lora import INIT_MODES, SPARSE_MODES
 
 SITE_KINDS = ("linear", "mlp")
 SHARE_MODES = ("none", "block")
@@ -60,6 +60,7 @@ class ExpertSiteFields:
     cos_scale: float = 1.0
     dropout: float = 0.05
     init: str = "kaiming"
+    sparse: str = "auto"
 
     @property
     def effective_bank_rank(self) -> int:
@@ -90,6 +91,8 @@ class SiteConfig(ExpertSiteFields):
         scale_by_count: Eq. 11's ``(1 + k)`` factor (``mlp``, AT-Router).
         down_init: ``zero`` or ``kaiming`` init of the experts' down projection (``mlp``).
         router_init_std: std of the router weights' normal init (``mlp``).
+        sparse: ``auto``/``never``/``always``: the sparse inference path of LoRA experts (``linear``, see
+            :class:`AdapterConfig`).
     """
 
     name: str = "default"
@@ -116,6 +119,8 @@ class SiteConfig(ExpertSiteFields):
             raise ConfigError(f"{where}: router must be one of {list(routers)} for kind {self.kind!r}, got {self.router!r}")
         if self.init not in INIT_MODES:
             raise ConfigError(f"{where}: init must be one of {list(INIT_MODES)}, got {self.init!r}")
+        if self.sparse not in SPARSE_MODES:
+            raise ConfigError(f"{where}: sparse must be one of {list(SPARSE_MODES)}, got {self.sparse!r}")
         if self.share_router not in SHARE_MODES:
             raise ConfigError(f"{where}: share_router must be one of {list(SHARE_MODES)}, got {self.share_router!r}")
         if self.down_init not in DOWN_INITS:
@@ -159,6 +164,9 @@ class AdapterConfig(ExpertSiteFields):
         cos_scale: κ of the cosine router: 1.0.
         dropout: LoRA dropout on the experts' input: 0.05 (A6).
         init: ``kaiming`` (PEFT/DyMoE) or ``normal`` (CoIN's N(0, 0.01)) for A; B starts at 0.
+        sparse: when the LoRA experts compute only each token's top-K experts: ``auto`` (inference with few tokens
+            at once, i.e. greedy decoding steps; training is always dense), ``never`` (always the dense path) or
+            ``always`` (see :class:`~dymoe.layers.moe_lora.MoELoRALinear`). Same outputs up to round-off.
         param_dtype: ``float32`` keeps expert tensors in fp32 under a bf16/fp16 base (fp32 master weights with
             autocast, as PEFT does); ``base`` uses the base weights' dtype.
         sites: injection sites, each a mapping of :class:`SiteConfig` fields (see the module docstring); None =
@@ -173,6 +181,8 @@ class AdapterConfig(ExpertSiteFields):
             raise ConfigError(f"adapter.param_dtype must be 'float32' or 'base', got {self.param_dtype!r}")
         if self.router not in ROUTER_MODES:
             raise ConfigError(f"adapter.router must be one of {list(ROUTER_MODES)}, got {self.router!r}")
+        if self.sparse not in SPARSE_MODES:
+            raise ConfigError(f"adapter.sparse must be one of {list(SPARSE_MODES)}, got {self.sparse!r}")
         if self.init not in INIT_MODES:
             raise ConfigError(f"adapter.init must be one of {list(INIT_MODES)}, got {self.init!r}")
         for key in ("experts_per_group", "expert_rank", "top_k"):

@@ -122,6 +122,7 @@ def _build(site: SiteConfig, target: nn.Module, context: RoutingContext, param_d
             # one router per block: the leader holds the block's router bank, followers reuse its gates
             router_bank=site.router_bank and (share is None or share[0] == "leader"),
             share=share,
+            sparse=site.sparse,
         )
     return MoEFFN(
         target,

@@ -10,6 +10,7 @@ from dymoe.layers.functional import (
     moe_ffn_delta_reference,
     moe_lora_delta,
     moe_lora_delta_reference,
+    moe_lora_delta_sparse,
     route,
     router_scores,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "moe_ffn_delta_reference",
     "moe_lora_delta",
     "moe_lora_delta_reference",
+    "moe_lora_delta_sparse",
     "route",
     "router_scores",
 ]

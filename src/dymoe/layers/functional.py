@@ -16,6 +16,9 @@ over each expert's rank slots (coin-protocol.md §8.2)::
 which has the FLOPs of one LoRA of rank R, and never forms the wrong ``(Σ g B)(Σ g A) x`` (§8.3).
 The loop in :func:`moe_lora_delta_reference` exists for tests and benchmarks only.
 
+At inference :func:`moe_lora_delta_sparse` computes the same sum over each token's top-K experts only (gathered
+rank slots), which reads ``K/E`` of the bank when few tokens come at once (greedy decoding).
+
 The FFN experts of :class:`~dymoe.layers.moe_ffn.MoEFFN` (SwiGLU, smoe-dsal.md §2) are fused the same way in three
 GEMMs (:func:`moe_ffn_delta`, oracle :func:`moe_ffn_delta_reference`); :func:`at_route` and :func:`at_combine` are
 the AT-Router's gates and output (Eqs. 5–6, 8, 11).
@@ -136,6 +139,56 @@ def moe_lora_delta(
     h = x @ lora_a.T  # [N, R]: every expert's down-projection at once
     h = h * expand_gates(weights, ranks, total_rank)  # [N, R]: gate each expert's rank slots
     return (h @ lora_b.T) * scaling  # [N, d_out]
+
+
+def top_experts(weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` live experts of each token: ``(weights [N, k], expert ids [N, k])``.
+
+    :func:`route` leaves at most ``top_k`` nonzero gates per token, so the ``k = top_k`` largest are all of them
+    (a token with fewer allowed experts picks some zero gates, which add exactly nothing).
+    """
+    return weights.topk(min(int(k), weights.shape[-1]), dim=-1)
+
+
+def moe_lora_delta_sparse(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b_t: torch.Tensor,
+    top_w: torch.Tensor,
+    top_idx: torch.Tensor,
+    rank: int,
+    scaling: float,
+) -> torch.Tensor:
+    """``Δ = s · Σ_i w_i B_i A_i x`` over each token's live experts only (the inference path).
+
+    With top-K of E experts of rank r only ``K·r`` of the ``E·r`` rank slots carry a nonzero gate; this gathers
+    those rows of ``A`` and of ``Bᵀ`` per token and runs two batched GEMVs, so the work and the bytes read are
+    ``N·K·r·(d_in + d_out)`` instead of the dense path's ``E·r·(d_in + d_out)`` (bank) plus ``N·E·r·(d_in +
+    d_out)`` (FLOPs). It pays when ``N·K`` is small against ``E`` (decoding); the gathered copies cost more than
+    the dense GEMMs when many tokens come at once (prefill, training). Equal to :func:`moe_lora_delta` up to
+    floating-point summation order.
+
+    Args:
+        x: ``[N, d_in]``.
+        lora_a: ``[R, d_in]`` concatenated A's (expert ``e`` owns rows ``e·r … e·r + r - 1``).
+        lora_b_t: ``[R, d_out]``: the concatenated B's transposed and contiguous, so that one expert's slots are
+            contiguous rows (gathering columns of ``B [d_out, R]`` would read strided memory).
+        top_w: ``[N, K]`` gates of the live experts (any dtype; cast to ``x``'s).
+        top_idx: ``[N, K]`` expert ids (int64).
+        rank: r, the same for every expert.
+        scaling: ``s``.
+
+    Returns:
+        ``[N, d_out]`` in ``x``'s dtype.
+    """
+    n, k = top_idx.shape
+    # slot ids of each token's live experts: [N, K, r] -> [N*K*r]
+    slots = (top_idx.unsqueeze(-1) * rank + torch.arange(rank, device=top_idx.device)).reshape(-1)
+    a_live = lora_a.index_select(0, slots).to(x.dtype).view(n, k * rank, -1)  # [N, K*r, d_in]
+    h = torch.bmm(a_live, x.unsqueeze(-1)).view(n, k, rank)  # [N, K, r]: the live down-projections
+    h = h * top_w.to(x.dtype).unsqueeze(-1)  # gate each live expert's slots
+    b_live = lora_b_t.index_select(0, slots).to(x.dtype).view(n, k * rank, -1)  # [N, K*r, d_out]
+    return torch.bmm(h.view(n, 1, k * rank), b_live).view(n, -1) * scaling  # [N, d_out]
 
 
 def moe_lora_delta_reference(

@@ -22,6 +22,13 @@ Routing comes from one of three places:
 The forward is :func:`dymoe.layers.functional.moe_lora_delta` over the concatenated bank: no Python loop over
 experts. Router modes ``linear``, ``cosine`` and ``none`` (every allowed expert weight 1). Scores and the softmax are
 fp32; the gates are cast to the activation dtype for the two GEMMs.
+
+**Sparse inference** (option ``sparse``): with top-K of E experts only ``K·r`` of the ``E·r`` rank slots are live
+per token. ``"auto"`` (default) computes only those (:func:`~dymoe.layers.functional.moe_lora_delta_sparse`) when
+the layer is in eval mode, gradients are off, every expert has the same rank and few tokens come at once
+(``N·K·SPARSE_AUTO_FACTOR <= E``: greedy decoding steps, not prefill); training always takes the dense path.
+``"never"`` forces the dense path, ``"always"`` the sparse one whenever ranks are uniform (tests, benchmarks). The
+two differ by floating-point summation order only.
 """
 
 from __future__ import annotations
@@ -33,7 +40,14 @@ import torch.nn as nn
 
 from dymoe.layers.base import EXPERT_INITS, ExpertLayer
 from dymoe.layers.context import RoutingContext, RoutingEvent
-from dymoe.layers.functional import ROUTER_MODES, moe_lora_delta, route, router_scores
+from dymoe.layers.functional import (
+    ROUTER_MODES,
+    moe_lora_delta,
+    moe_lora_delta_sparse,
+    route,
+    router_scores,
+    top_experts,
+)
 from dymoe.layers.router_bank import RouterBank
 
 # parameter names, declared once: save/load and requires_grad filtering work on these (PEFT style)
@@ -42,6 +56,11 @@ FROZEN_NAMES = ("frozen_A", "frozen_B", "frozen_router")
 META_NAMES = ("expert_group", "expert_id", "expert_rank", "expert_trainable")
 INIT_MODES = ("kaiming", "normal")
 SHARE_ROLES = ("leader", "follower")
+SPARSE_MODES = ("auto", "always", "never")
+# "auto" goes sparse when the gathered live slots are at most this fraction of the bank: N·K·factor <= E. The
+# gathered copies cost about as much per element as the dense GEMMs do, so the sparse path must read several times
+# less to win (benchmarks/RESULTS.md, "Sparse inference").
+SPARSE_AUTO_FACTOR = 2
 
 
 class MoELoRALinear(ExpertLayer):
@@ -67,6 +86,8 @@ class MoELoRALinear(ExpertLayer):
         router_bank: route with a per-sample :class:`RouterBank` instead of rows tied to experts.
         share: ``("leader", key)`` or ``("follower", key)``: one router per block, the follower reusing the gates
             of the leader with the same ``key`` (they must hold the same experts).
+        sparse: ``"auto"``, ``"always"`` or ``"never"``: when to compute only each token's live experts (see the
+            module docstring).
     """
 
     kind = "moe_lora"
@@ -91,6 +112,7 @@ class MoELoRALinear(ExpertLayer):
         stream: str = "text",
         router_bank: bool = False,
         share: tuple[str, str] | None = None,
+        sparse: str = "auto",
     ):
         super().__init__()
         if router not in ROUTER_MODES:
@@ -99,6 +121,8 @@ class MoELoRALinear(ExpertLayer):
             raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if sparse not in SPARSE_MODES:
+            raise ValueError(f"sparse must be one of {SPARSE_MODES}, got {sparse!r}")
         if share is not None and share[0] not in SHARE_ROLES:
             raise ValueError(f"share role must be one of {SHARE_ROLES}, got {share[0]!r}")
         if share is not None and share[0] == "follower" and router_bank:
@@ -116,6 +140,8 @@ class MoELoRALinear(ExpertLayer):
         self.context = context if context is not None else RoutingContext()
         self.param_dtype = param_dtype
         self.route_role, self.route_key = share if share is not None else ("own", None)
+        self.sparse = sparse
+        self._b_t_cache: tuple | None = None  # (B, version, data_ptr, B^T contiguous): see _b_transposed
 
         w = base.weight
         for name in FROZEN_NAMES + TRAINABLE_NAMES:
@@ -147,6 +173,7 @@ class MoELoRALinear(ExpertLayer):
         # re-registering replaces the Parameter object: optimizers must be rebuilt after any growth step.
         # An empty trainable slot does not require grad, so "frozen model" checks stay simple.
         trainable = trainable and value.numel() > 0
+        self._b_t_cache = None
         setattr(self, name, nn.Parameter(value.detach().clone() if trainable else value.detach(), requires_grad=trainable))
 
     @property
@@ -454,11 +481,45 @@ class MoELoRALinear(ExpertLayer):
         weights, event = self.gate_weights(x2d, batch, seq, u)
         if event is not None:
             self.context.emit(event)
+        k_live = self._n_experts if self.router_mode == "none" else min(self.top_k, self._n_experts)
+        if self._sparse_now(x2d.shape[0], k_live):
+            top_w, top_idx = top_experts(weights, k_live)  # [N, K] each
+            xs = self.dropout(x2d)
+            if torch.is_autocast_enabled(x.device.type):
+                xs = xs.to(torch.get_autocast_dtype(x.device.type))  # bmm runs in the autocast dtype, as the GEMMs do
+            delta = moe_lora_delta_sparse(xs, a, self._b_transposed(b), top_w, top_idx, self._size, self.scaling)
+            return out + delta.reshape(*lead, self.out_features).to(out.dtype)
         ranks = self._size if self._size is not None else self.expert_rank
         # .to() is a no-op when dtypes agree; under autocast the GEMMs run in the autocast dtype anyway
         a, b = a.to(x.dtype), b.to(x.dtype)
         delta = moe_lora_delta(self.dropout(x2d), a, b, weights.to(x.dtype), ranks, self.scaling)  # [N, d_out]
         return out + delta.reshape(*lead, self.out_features).to(out.dtype)
+
+    def _sparse_now(self, n_tokens: int, k_live: int) -> bool:
+        """Whether this forward takes the sparse path (see the module docstring)."""
+        if self.sparse == "never" or self._size is None:
+            return False
+        if self.sparse == "always":
+            return True
+        return (
+            not self.training
+            and not torch.is_grad_enabled()
+            and k_live < self._n_experts
+            and n_tokens * k_live * SPARSE_AUTO_FACTOR <= self._n_experts
+        )
+
+    def _b_transposed(self, b: torch.Tensor) -> torch.Tensor:
+        """``B^T [R, d_out]`` contiguous, cached while ``b`` is an unchanged parameter (a folded bank at inference:
+        transposed once, not per decoding step). The cache holds one extra copy of B per layer; it is dropped when
+        the bank changes (growth, fold, prune, load) and rebuilt when B is updated in place."""
+        if not isinstance(b, nn.Parameter) or torch.is_grad_enabled():
+            return b.t().contiguous()  # a fresh concatenation (trainable group present) or a differentiable use
+        c = self._b_t_cache
+        if c is not None and c[0] is b and c[1] == b._version and c[2] == b.data_ptr() and c[3].device == b.device:
+            return c[3]
+        b_t = b.detach().t().contiguous()
+        self._b_t_cache = (b, b._version, b.data_ptr(), b_t)
+        return b_t
 
     def extra_repr(self) -> str:
         role = "" if self.route_role == "own" else f", {self.route_role} of {self.route_key}"
