@@ -1,8 +1,16 @@
 """Greedy generation throughput: the frozen base vs the model after 8 tasks (128 folded experts, top-16).
 
 Same LLaVA shapes as ``bench_train_step.py`` (``--preset 7b`` on a GPU, ``--preset cpu`` reduced), a batch of
-prompts with an image each, ``--new-tokens`` greedy tokens with the KV cache. Prints JSON with new tokens/s for each
-setup and the ratio adapter ÷ base.
+prompts with an image each, ``--new-tokens`` greedy tokens with the KV cache. Three setups on one model, interleaved
+over ``--rounds`` (A B C C B A ...; the median over rounds, so load drift on a shared machine hits all alike):
+
+- ``base``: the frozen base (the expert layers bypassed: ``RoutingContext.bypass``);
+- ``dense``: after 8 tasks, every expert of the bank computed for every token (``adapter.sparse = never``);
+- ``sparse``: after 8 tasks, the default ``auto`` (each decoding step computes only each token's top-K experts;
+  the prompt's prefill stays dense).
+
+Checks that dense and sparse generate the same tokens. Prints JSON with new tokens/s for each setup and the ratios
+to the base.
 """
 
 from __future__ import annotations
@@ -17,9 +25,10 @@ import torch
 
 from bench_train_step import PRESETS, build_model, make_batch
 from dymoe.injection import AdapterConfig, inject
+from dymoe.layers import moe_lora
 
 
-def attach_eight_tasks(model) -> None:
+def attach_eight_tasks(model):
     adapter = inject(model, AdapterConfig(dropout=0.0))
     for k in range(8):
         adapter.add_group(k)
@@ -28,6 +37,20 @@ def attach_eight_tasks(model) -> None:
                 m.lora_B.normal_(std=1e-3)
         adapter.fold()
     model.to(next(model.parameters()).device)
+    return adapter
+
+
+def generate(model, inputs: dict, new_tokens: int) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(**inputs, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                              use_cache=True, pad_token_id=0)
+
+
+def set_mode(adapter, mode: str) -> None:
+    """``base`` (bypass the experts), ``dense`` or ``sparse`` (the layers' ``auto``)."""
+    adapter.context.bypass = mode == "base"
+    for m in adapter.modules.values():
+        m.sparse = "never" if mode == "dense" else "auto"
 
 
 def time_generate(model, batch, new_tokens: int, iters: int, warmup: int) -> float:
@@ -37,9 +60,7 @@ def time_generate(model, batch, new_tokens: int, iters: int, warmup: int) -> flo
         if inputs["input_ids"].is_cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.no_grad():
-            model.generate(**inputs, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           use_cache=True, pad_token_id=0)
+        generate(model, inputs, new_tokens)
         if inputs["input_ids"].is_cuda:
             torch.cuda.synchronize()
         if it >= warmup:
@@ -55,6 +76,10 @@ def main() -> None:
     ap.add_argument("--text-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (order reversed every other round)")
+    ap.add_argument("--sparse-factor", type=float, default=None,
+                    help="override dymoe.layers.moe_lora.SPARSE_AUTO_FACTOR (auto goes sparse when N*K*factor <= E; "
+                         "e.g. 0.125 makes every decoding step of a batch <= 64 sparse at top-16 of 128)")
     args = ap.parse_args()
     device = torch.device(args.device)
     preset = args.preset or ("7b" if device.type == "cuda" else "cpu")
@@ -64,18 +89,34 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(preset, device, dtype).eval()
     batch = make_batch(model, bs, args.text_tokens, device, dtype)
-    base_s = time_generate(model, batch, args.new_tokens, iters, warmup=1)
-    attach_eight_tasks(model)
+    if args.sparse_factor is not None:
+        moe_lora.SPARSE_AUTO_FACTOR = args.sparse_factor
+    adapter = attach_eight_tasks(model)
     model.eval()
-    ada_s = time_generate(model, batch, args.new_tokens, iters, warmup=1)
-    res = {
-        "base_new_tokens_per_s": round(bs * args.new_tokens / base_s, 1),
-        "dymoe_8_tasks_new_tokens_per_s": round(bs * args.new_tokens / ada_s, 1),
-        "ratio": round(base_s / ada_s, 3),
-    }
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    tokens = {}
+    for mode in ("dense", "sparse"):
+        set_mode(adapter, mode)
+        tokens[mode] = generate(model, inputs, args.new_tokens)
+    setups = ["base", "dense", "sparse"]
+    per: dict[str, list[float]] = {s: [] for s in setups}
+    for r in range(args.rounds):
+        for mode in setups if r % 2 == 0 else setups[::-1]:
+            set_mode(adapter, mode)
+            per[mode].append(time_generate(model, batch, args.new_tokens, iters, warmup=1))
+    sec = {s: statistics.median(v) for s, v in per.items()}
+    res = {f"{s}_new_tokens_per_s": round(bs * args.new_tokens / sec[s], 1) for s in setups}
+    res.update({
+        "dense_over_base": round(sec["base"] / sec["dense"], 3),
+        "sparse_over_base": round(sec["base"] / sec["sparse"], 3),
+        "sparse_speedup_over_dense": round(sec["dense"] / sec["sparse"], 3),
+        "same_tokens_dense_sparse": bool(torch.equal(tokens["dense"], tokens["sparse"])),
+        "rounds_s": {s: [round(v, 4) for v in per[s]] for s in setups},
+    })
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "threads": torch.get_num_threads(), "torch": torch.__version__, "preset": preset, "batch": bs,
-           "prompt_tokens": batch["input_ids"].shape[1], "new_tokens": args.new_tokens, "dtype": str(dtype)}
+           "prompt_tokens": batch["input_ids"].shape[1], "new_tokens": args.new_tokens, "dtype": str(dtype), "rounds": args.rounds,
+           "sparse_auto_factor": moe_lora.SPARSE_AUTO_FACTOR}
     print(json.dumps({"env": env, "results": res}, indent=1))
 
 

@@ -9,6 +9,13 @@ Setups, at LLaMA-7B projection shapes (4096→4096 attention, 4096→11008 MLP):
   routing, same frozen/trainable split.
 
 Run: ``python benchmarks/bench_layer.py [--device cuda] [--tokens N] [--dtype bfloat16]``; prints one JSON object.
+
+``--inference`` times the forward alone in eval mode without gradients (greedy decoding's regime: ``--tokens`` is the
+batch of one decoding step) after all tasks are folded: ``frozen``, ``dense`` (the fused layer, ``sparse="never"``)
+and ``sparse`` (only each token's top-K experts, ``sparse="always"``), interleaved over ``--rounds`` (order reversed
+every other round), median over rounds::
+
+    python benchmarks/bench_layer.py --inference --tokens 4 --shapes 512x512,512x1376 --experts 128 --rounds 4
 """
 
 from __future__ import annotations
@@ -56,6 +63,14 @@ def build(setup: str, d_in: int, d_out: int, n_experts: int, rank: int, top_k: i
     n_train = min(16, n_experts)
     if setup == "frozen":
         return base
+    if setup in ("dense", "sparse"):
+        # inference after all tasks: the whole bank folded, one layer per path
+        layer = MoELoRALinear(base, alpha=128, bank_rank=64, top_k=top_k, router="cosine", dropout=0.0,
+                              sparse="never" if setup == "dense" else "always")
+        layer.add_group(0, n_experts, rank, trainable=False)
+        with torch.no_grad():
+            layer.frozen_B.normal_(std=0.01)
+        return layer.to(device=device, dtype=dtype).eval()
     if setup == "fused":
         layer = MoELoRALinear(base, alpha=128, bank_rank=64, top_k=top_k, router="cosine", dropout=0.0)
         if n_experts > n_train:
@@ -96,6 +111,54 @@ def time_step(module, x, iters: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+def time_forward(module, x, iters: int, warmup: int) -> float:
+    """Median milliseconds of a forward without gradients (inference)."""
+    times = []
+    with torch.no_grad():
+        for it in range(warmup + iters):
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            module(x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            if it >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def inference_rows(args, device, dtype, tokens: int, iters: int) -> list[dict]:
+    """``--inference``: frozen vs dense vs sparse forward, interleaved rounds, one row per shape × experts."""
+    rows = []
+    for shape in args.shapes.split(","):
+        d_in, d_out = map(int, shape.split("x"))
+        x = torch.randn(tokens, d_in, device=device, dtype=dtype)
+        for n_exp in args.experts:
+            setups = args.setups.split(",")
+            modules = {s: build(s, d_in, d_out, n_exp, 4, 16, device, dtype) for s in setups}
+            if "dense" in modules and "sparse" in modules:
+                with torch.no_grad():  # the same bank in both: compare the paths, not two random draws
+                    modules["sparse"].load_state_dict(modules["dense"].state_dict())
+                    torch.testing.assert_close(modules["sparse"](x), modules["dense"](x), atol=1e-2, rtol=1e-2)
+            per: dict[str, list[float]] = {s: [] for s in setups}
+            for r in range(args.rounds):
+                for s in setups if r % 2 == 0 else setups[::-1]:
+                    per[s].append(time_forward(modules[s], x, iters, warmup=3))
+            row = {"shape": shape, "experts": n_exp, "rank": 4, "top_k": 16, "tokens": tokens}
+            for s in setups:
+                row[f"{s}_ms"] = round(statistics.median(per[s]), 4)
+                row[f"{s}_rounds_ms"] = [round(v, 4) for v in per[s]]
+            if "dense_ms" in row and "sparse_ms" in row:
+                row["dense_over_sparse"] = round(row["dense_ms"] / row["sparse_ms"], 3)
+            if "frozen_ms" in row:
+                for s in ("dense", "sparse"):
+                    if f"{s}_ms" in row:
+                        row[f"{s}_over_frozen"] = round(row[f"{s}_ms"] / row["frozen_ms"], 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -104,15 +167,20 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--experts", type=int, nargs="+", default=[16, 128])
     ap.add_argument("--shapes", default="4096x4096,4096x11008")
-    ap.add_argument("--setups", default="frozen,peft_lora,fused,loop")
+    ap.add_argument("--setups", default=None, help="default frozen,peft_lora,fused,loop (--inference: frozen,dense,sparse)")
+    ap.add_argument("--inference", action="store_true", help="forward only, no gradients, folded bank: dense vs sparse")
+    ap.add_argument("--rounds", type=int, default=2, help="--inference: interleaved rounds")
     args = ap.parse_args()
+    args.setups = args.setups or ("frozen,dense,sparse" if args.inference else "frozen,peft_lora,fused,loop")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    tokens = args.tokens or (5120 if device.type == "cuda" else 256)
-    iters = args.iters or (20 if device.type == "cuda" else 5)
+    tokens = args.tokens or ((16 if args.inference else 5120) if device.type == "cuda" else (4 if args.inference else 256))
+    iters = args.iters or ((50 if args.inference else 20) if device.type == "cuda" else (20 if args.inference else 5))
     torch.manual_seed(0)
     results = []
-    for shape in args.shapes.split(","):
+    if args.inference:
+        results = inference_rows(args, device, dtype, tokens, iters)
+    for shape in [] if args.inference else args.shapes.split(","):
         d_in, d_out = map(int, shape.split("x"))
         x = torch.randn(tokens, d_in, device=device, dtype=dtype, requires_grad=True)
         for n_exp in args.experts:
@@ -140,6 +208,7 @@ def main() -> None:
         "dtype": str(dtype),
         "tokens": tokens,
         "iters": iters,
+        "mode": "inference (forward, no grad, folded bank)" if args.inference else "training (forward + backward)",
     }
     print(json.dumps({"env": env, "results": results}, indent=1))
     assert all(math.isfinite(v) for r in results for k, v in r.items() if k.endswith("_ms") and isinstance(v, float))
