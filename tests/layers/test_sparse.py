@@ -234,3 +234,25 @@ def test_generation_gives_the_same_tokens_sparse_and_dense(tiny_llava_dir):
         with adapter.context.use(bypass=True):
             base_only = model(input_ids=ids).logits
     assert (with_experts - base_only).abs().max() > 1e-3
+
+
+def test_cached_unit_router_rows_give_bitwise_the_same_routing_and_follow_updates():
+    """Inference normalises a frozen cosine router's rows once; the scores are bit-identical to normalising anew."""
+    layer = make_layer(top_k=3, trainable_last=False)
+    x = torch.randn(2, 3, 10)
+    with torch.no_grad():
+        cached = layer(x)
+        assert layer._unit_cache is not None
+        layer._unit_cache = None
+        layer.sparse = "never"
+        fresh = layer(x)
+        with torch.enable_grad():
+            graded = layer(x)  # gradients on: no cache, normalised in the forward
+        layer.sparse = "auto"
+        assert torch.equal(layer(x), cached)  # hits the cache again
+        layer.frozen_router.mul_(-1.0)  # in place: the cache must notice
+        flipped = layer(x)
+        layer._unit_cache = None
+        assert torch.equal(layer(x), flipped)
+    assert torch.equal(fresh, graded.detach())
+    assert not torch.equal(flipped, cached)

@@ -32,7 +32,9 @@ import torch.nn.functional as F
 ROUTER_MODES = ("linear", "cosine", "none")
 
 
-def router_scores(x: torch.Tensor, weight: torch.Tensor, mode: str, cos_scale: float = 1.0) -> torch.Tensor:
+def router_scores(
+    x: torch.Tensor, weight: torch.Tensor, mode: str, cos_scale: float = 1.0, *, unit_rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Raw routing scores (logits), in fp32.
 
     Args:
@@ -42,6 +44,8 @@ def router_scores(x: torch.Tensor, weight: torch.Tensor, mode: str, cos_scale: f
             product, as the upstream DyMoE code does) or ``"none"`` (all zeros: every expert weight 1, see
             :func:`route`).
         cos_scale: κ for the cosine router.
+        unit_rows: ``F.normalize(weight.float(), dim=-1)`` if the caller already has it (cosine router: a frozen
+            bank at inference normalises its rows once, not at every decoding step); same result either way.
 
     Returns:
         ``[N, E]`` fp32 scores.
@@ -50,13 +54,21 @@ def router_scores(x: torch.Tensor, weight: torch.Tensor, mode: str, cos_scale: f
         return x.new_zeros(x.shape[0], weight.shape[0], dtype=torch.float32)
     if mode not in ROUTER_MODES:
         raise ValueError(f"router mode must be one of {ROUTER_MODES}, got {mode!r}")
-    # fp32 even under autocast: at T = 0.01 a bf16 score would make routing and TAG decisions coarse
-    with torch.autocast(x.device.type, enabled=False):
-        xf, uf = x.float(), weight.float()
-        if mode == "cosine" and cos_scale > 0:
-            # scores in [-κ, κ]; normalising in fp32 keeps tiny-norm tokens stable
-            return F.normalize(xf, dim=-1) @ F.normalize(uf, dim=-1).T * cos_scale
-        return xf @ uf.T
+    # fp32 even under autocast: at T = 0.01 a bf16 score would make routing and TAG decisions coarse. (Entering the
+    # autocast context costs tens of µs, a decoding step's whole budget for a small projection: only when needed.)
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return _scores_fp32(x, weight, mode, cos_scale, unit_rows)
+    return _scores_fp32(x, weight, mode, cos_scale, unit_rows)
+
+
+def _scores_fp32(x, weight, mode, cos_scale, unit_rows):
+    xf = x.float()
+    if mode == "cosine" and cos_scale > 0:
+        # scores in [-κ, κ]; normalising in fp32 keeps tiny-norm tokens stable
+        u = F.normalize(weight.float(), dim=-1) if unit_rows is None else unit_rows
+        return F.normalize(xf, dim=-1) @ u.T * cos_scale
+    return xf @ weight.float().T
 
 
 def route(

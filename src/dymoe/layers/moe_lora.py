@@ -142,6 +142,7 @@ class MoELoRALinear(ExpertLayer):
         self.route_role, self.route_key = share if share is not None else ("own", None)
         self.sparse = sparse
         self._b_t_cache: tuple | None = None  # (B, version, data_ptr, B^T contiguous): see _b_transposed
+        self._unit_cache: tuple | None = None  # (U, version, data_ptr, normalised rows): see _unit_rows
 
         w = base.weight
         for name in FROZEN_NAMES + TRAINABLE_NAMES:
@@ -173,7 +174,7 @@ class MoELoRALinear(ExpertLayer):
         # re-registering replaces the Parameter object: optimizers must be rebuilt after any growth step.
         # An empty trainable slot does not require grad, so "frozen model" checks stay simple.
         trainable = trainable and value.numel() > 0
-        self._b_t_cache = None
+        self._b_t_cache = self._unit_cache = None
         setattr(self, name, nn.Parameter(value.detach().clone() if trainable else value.detach(), requires_grad=trainable))
 
     @property
@@ -442,7 +443,7 @@ class MoELoRALinear(ExpertLayer):
             )  # [N, E] fp32
         else:
             u = self.bank()[2] if router is None else router
-            scores = router_scores(x2d, u, self.router_mode, self.cos_scale)  # [N, E] fp32
+            scores = router_scores(x2d, u, self.router_mode, self.cos_scale, unit_rows=self._unit_rows(u))  # [N, E]
         adjusted = scores
         if ctx.policy is not None:
             adjusted = ctx.policy(adjusted, self)
@@ -507,6 +508,20 @@ class MoELoRALinear(ExpertLayer):
             and k_live < self._n_experts
             and n_tokens * k_live * SPARSE_AUTO_FACTOR <= self._n_experts
         )
+
+    def _unit_rows(self, u: torch.Tensor) -> torch.Tensor | None:
+        """The cosine router's normalised rows ``[E, d_in]`` fp32, cached while ``u`` is an unchanged parameter and
+        gradients are off (inference on a folded bank); None = let :func:`router_scores` normalise."""
+        if self.router_mode != "cosine" or self.cos_scale <= 0 or not isinstance(u, nn.Parameter):
+            return None
+        if torch.is_grad_enabled():
+            return None
+        c = self._unit_cache
+        if c is not None and c[0] is u and c[1] == u._version and c[2] == u.data_ptr() and c[3].device == u.device:
+            return c[3]
+        rows = torch.nn.functional.normalize(u.detach().float(), dim=-1)
+        self._unit_cache = (u, u._version, u.data_ptr(), rows)
+        return rows
 
     def _b_transposed(self, b: torch.Tensor) -> torch.Tensor:
         """``B^T [R, d_out]`` contiguous, cached while ``b`` is an unchanged parameter (a folded bank at inference:
