@@ -6,20 +6,21 @@
 with a clear message; ``--preset cpu --dry-run`` runs every phase at toy size on the CPU to check the plumbing
 (about 2-3 minutes on 2 cores; the anchors need CUDA and are skipped).
 
-Phases, each a fresh subprocess with its own time limit; the JSON is rewritten after each phase, so a phase that
-fails or times out leaves the others' results (and its own error) in the file:
+Phases, each a fresh subprocess with its own time limit inside a whole-job budget (``--budget-s``, default 540 s, so
+the job ends before a 10-minute device limit); the JSON is rewritten after each phase, so a phase that fails, times
+out or is skipped leaves the others' results (and its own error) in the file. In order of priority:
 
 1. ``correctness``: :class:`~dymoe.layers.moe_lora.MoELoRALinear` on CUDA (bf16 autocast over fp32 master weights,
    and fp32) against the CPU fp64 per-expert loop oracle: forward of the dense and the sparse path, gradients of the
    dense path; task-1 (16 trainable) and task-8 (112 frozen + 16 trainable) banks, top-16 cosine routing.
 2. ``train_step``: ``benchmarks/bench_train_step.py --preset 7b`` (the runner's own step): frozen floor, PEFT LoRA
    r64, IncMoELoRA and LLaVA-DyMoE at tasks 1 and 8: ms/step, LM tokens/s, peak memory, ratios to the floor.
-3. ``generate``: ``benchmarks/bench_generate.py --preset 7b``: greedy tokens/s of the base, dense and sparse after
-   eight tasks (batch 16; ``--sparse-factor 0.125`` so every decoding step of the batch is sparse), and at batch 1
-   (latency, sparse by the default rule).
-4. ``layer``: ``benchmarks/bench_layer.py --inference`` at 7B projection shapes, decode batches 1 and 16.
-5. ``anchors``: ``../shared/bench/anchor_moelora.py`` (the stand-alone anchor script: frozen, PEFT r64, naive fused
+3. ``generate_batch16``: ``benchmarks/bench_generate.py --preset 7b``: greedy tokens/s of the base, dense and sparse
+   after eight tasks (batch 16; ``--sparse-factor 0.125`` so every decoding step of the batch is sparse).
+4. ``anchors``: ``../shared/bench/anchor_moelora.py`` (the stand-alone anchor script: frozen, PEFT r64, naive fused
    16 / 128, per-expert loop 16; ``--anchor-plan`` to change) on the whole 32-layer language model.
+5. ``generate_batch1``: the same at batch 1 (latency; sparse by the default rule).
+6. ``layer``: ``benchmarks/bench_layer.py --inference`` at 7B projection shapes, decode batches 1 and 16.
 
 The goals (issue 23) are evaluated from these numbers into ``goals`` in the JSON.
 """
@@ -55,9 +56,19 @@ def last_json(stdout: str) -> dict:
     return json.loads(stdout[start:])
 
 
+START = time.time()
+BUDGET_S = [540.0]  # --budget-s: the whole job's wall time; phases get what is left (the JSON is always written)
+
+
 def run_phase(name: str, cmd: list[str], timeout: float, results: dict, parse) -> None:
     """Run one phase as a subprocess; store its parsed result (or its error and output tail) under ``name``."""
     t0 = time.time()
+    left = BUDGET_S[0] - (t0 - START) - 10
+    if left < 20:
+        results[name] = {"skipped": f"out of the job's time budget ({BUDGET_S[0]:.0f} s, --budget-s)"}
+        print(f"[issue23] {name}: skipped (time budget)", flush=True)
+        return
+    timeout = min(timeout, left)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(BENCH), os.environ.get("PYTHONPATH", "")])}
     print(f"[issue23] {name}: {' '.join(cmd)}", flush=True)
     try:
@@ -204,7 +215,10 @@ def main() -> None:
     ap.add_argument("--phases", default="correctness,train_step,generate,layer,anchors")
     ap.add_argument("--anchor", default=None, help="path of anchor_moelora.py (default: ../shared/bench/)")
     ap.add_argument("--anchor-plan", default=ANCHOR_PLAN)
+    ap.add_argument("--budget-s", type=float, default=540.0,
+                    help="wall-time budget of the whole job; phases that would start past it are skipped (default 9 min)")
     args = ap.parse_args()
+    BUDGET_S[0] = args.budget_s if not args.dry_run else max(args.budget_s, 3600.0)
 
     import torch
 
@@ -253,24 +267,14 @@ def main() -> None:
     if "train_step" in phases:
         extra = ["--batch", "1", "--text-tokens", "8", "--iters", "1", "--warmup", "1"] if dry else ["--iters", "8"]
         run_phase("train_step", [py, str(BENCH / "bench_train_step.py"), "--preset", preset, *dev, *extra],
-                  900 if dry else 240, results, last_json)
+                  900 if dry else 270, results, last_json)
         save()
     if "generate" in phases:
         common = [py, str(BENCH / "bench_generate.py"), "--preset", preset, *dev, "--rounds", "1" if dry else "2"]
         toy = ["--new-tokens", "4", "--text-tokens", "8", "--iters", "1"] if dry else ["--iters", "3"]
         run_phase("generate_batch16", [*common, "--batch", "2" if dry else "16", "--sparse-factor", "0.125", *toy],
-                  600 if dry else 150, results, last_json)
+                  600 if dry else 180, results, last_json)
         save()
-        run_phase("generate_batch1", [*common, "--batch", "1", *toy], 600 if dry else 90, results, last_json)
-        save()
-    if "layer" in phases:
-        shapes = "512x512,512x1376" if dry else "4096x4096,4096x11008"
-        for tokens in (1, 16):
-            run_phase(f"layer_inference_{tokens}tok",
-                      [py, str(BENCH / "bench_layer.py"), "--inference", *dev, "--tokens", str(tokens),
-                       "--shapes", shapes, "--experts", "128", "--rounds", "2", *(["--iters", "5"] if dry else [])],
-                      300 if dry else 60, results, last_json)
-            save()
     if "anchors" in phases:
         anchor = Path(args.anchor) if args.anchor else next((p for p in ANCHOR_CANDIDATES if p.is_file()), None)
         if args.device != "cuda":
@@ -279,8 +283,19 @@ def main() -> None:
             results["anchors"] = {"skipped": f"anchor_moelora.py not found (looked in {[str(p) for p in ANCHOR_CANDIDATES]})"}
         else:
             os.environ["PLAN"] = args.anchor_plan
-            run_phase("anchors", [py, str(anchor)], 300, results, parse_anchor)
+            run_phase("anchors", [py, str(anchor)], 240, results, parse_anchor)
         save()
+    if "generate" in phases:
+        run_phase("generate_batch1", [*common, "--batch", "1", *toy], 600 if dry else 120, results, last_json)
+        save()
+    if "layer" in phases:
+        shapes = "512x512,512x1376" if dry else "4096x4096,4096x11008"
+        for tokens in (1, 16):
+            run_phase(f"layer_inference_{tokens}tok",
+                      [py, str(BENCH / "bench_layer.py"), "--inference", *dev, "--tokens", str(tokens),
+                       "--shapes", shapes, "--experts", "128", "--rounds", "2", *(["--iters", "5"] if dry else [])],
+                      300 if dry else 45, results, last_json)
+            save()
     results["env"]["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     save()
     print(json.dumps(results.get("goals", {}), indent=1))
