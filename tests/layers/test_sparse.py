@@ -125,11 +125,13 @@ def test_sparse_equals_dense_with_a_policy_router_bank_and_follower():
 
 
 def test_sparse_under_bf16_autocast_close_to_dense():
-    layer = make_layer(top_k=3)
+    layer = make_layer(top_k=3, trainable_last=False)
     x = torch.randn(2, 3, 10)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         sparse, dense = both_paths(layer, x)
     torch.testing.assert_close(sparse.float(), dense.float(), atol=2e-2, rtol=2e-2)
+    # the cached B^T is kept in the compute dtype (half the memory of the fp32 master copy)
+    assert layer._b_t_cache[3].dtype == torch.bfloat16 and layer.frozen_B.dtype == torch.float32
 
 
 def test_auto_goes_sparse_only_at_inference_with_few_tokens(monkeypatch):

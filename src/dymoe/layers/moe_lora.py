@@ -488,7 +488,8 @@ class MoELoRALinear(ExpertLayer):
             xs = self.dropout(x2d)
             if torch.is_autocast_enabled(x.device.type):
                 xs = xs.to(torch.get_autocast_dtype(x.device.type))  # bmm runs in the autocast dtype, as the GEMMs do
-            delta = moe_lora_delta_sparse(xs, a, self._b_transposed(b), top_w, top_idx, self._size, self.scaling)
+            b_t = self._b_transposed(b, xs.dtype)
+            delta = moe_lora_delta_sparse(xs, a, b_t, top_w, top_idx, self._size, self.scaling)
             return out + delta.reshape(*lead, self.out_features).to(out.dtype)
         ranks = self._size if self._size is not None else self.expert_rank
         # .to() is a no-op when dtypes agree; under autocast the GEMMs run in the autocast dtype anyway
@@ -523,16 +524,18 @@ class MoELoRALinear(ExpertLayer):
         self._unit_cache = (u, u._version, u.data_ptr(), rows)
         return rows
 
-    def _b_transposed(self, b: torch.Tensor) -> torch.Tensor:
-        """``B^T [R, d_out]`` contiguous, cached while ``b`` is an unchanged parameter (a folded bank at inference:
-        transposed once, not per decoding step). The cache holds one extra copy of B per layer; it is dropped when
-        the bank changes (growth, fold, prune, load) and rebuilt when B is updated in place."""
+    def _b_transposed(self, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``B^T [R, d_out]`` contiguous in the compute ``dtype``, cached while ``b`` is an unchanged parameter (a
+        folded bank at inference: transposed once, not per decoding step). The cache holds one extra copy of B per
+        layer in the compute dtype (7B, bf16: ~1.4 GB over all 224 projections of a 512-slot bank); it is dropped
+        when the bank changes (growth, fold, prune, load) and rebuilt when B is updated in place."""
         if not isinstance(b, nn.Parameter) or torch.is_grad_enabled():
-            return b.t().contiguous()  # a fresh concatenation (trainable group present) or a differentiable use
+            return b.t().to(dtype).contiguous()  # a fresh concatenation (trainable group present) or with grads
         c = self._b_t_cache
-        if c is not None and c[0] is b and c[1] == b._version and c[2] == b.data_ptr() and c[3].device == b.device:
+        if (c is not None and c[0] is b and c[1] == b._version and c[2] == b.data_ptr()
+                and c[3].device == b.device and c[3].dtype == dtype):
             return c[3]
-        b_t = b.detach().t().contiguous()
+        b_t = b.detach().t().to(dtype).contiguous()
         self._b_t_cache = (b, b._version, b.data_ptr(), b_t)
         return b_t
 
