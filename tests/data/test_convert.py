@@ -61,6 +61,21 @@ def make_sources(root: Path) -> dict[str, Path]:
         _png(chart / split / "png" / "c1.png")
         (chart / split / "tables").mkdir(parents=True, exist_ok=True)
         (chart / split / "tables" / "c1.csv").write_text("Country,Value\nUSA,10\nUK,20\n")
+    c2t = root / "Chart-to-text"
+    splits = {"pew": {"train": ["two_col-1.txt", "multi_col-1.txt"], "val": ["two_col-2.txt"],
+                      "test": ["multi_col-2.txt", "two_col-3.txt"]},
+              "statista": {"train": ["two_col-7.txt"], "val": ["two_col-8.txt"], "test": ["two_col-9.txt"]}}
+    for name, parts in splits.items():
+        ds = c2t / f"{name}_dataset" / "dataset"
+        for part, files in parts.items():
+            (ds / "dataset_split").mkdir(parents=True, exist_ok=True)
+            (ds / "dataset_split" / f"{part}_index_mapping.csv").write_text("File_No\n" + "\n".join(files) + "\n")
+            for f in files:
+                kind, n = f.removesuffix(".txt").split("-")
+                base = ds if kind == "two_col" else ds / "multiColumn"
+                _png(base / "imgs" / f"{n}.png")
+                (base / "captions").mkdir(parents=True, exist_ok=True)
+                (base / "captions" / f"{n}.txt").write_text(f"The {name} {kind} chart {n} shows\n a rise in 2019. ")
     math = root / "MathV360K"
     rows = []
     for i in range(40):
@@ -79,7 +94,7 @@ def make_sources(root: Path) -> dict[str, Path]:
                                                                {"from": "gpt", "value": "Y"}]}]))
     _png(med / "images" / "PMC1_f1.jpg")
     return {"slake": slake, "vqa-rad": root / "vqa-rad", "pathvqa": root / "path-vqa", "chartqa": chart,
-            "math-llava": math, "llava-med": med}
+            "chart-to-text": c2t, "math-llava": math, "llava-med": med}
 
 
 def test_converters_build_smoe3(tmp_path, capsys):
@@ -90,7 +105,7 @@ def test_converters_build_smoe3(tmp_path, capsys):
         assert main(["convert", name, "--src", str(src), "--out", str(out)]) == 0
     counts = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {c["converter"]: c.get("train", c.get("qa_train")) for c in counts} == {
-        "slake": 2, "vqa-rad": 4, "pathvqa": 4, "chartqa": 2, "math-llava": sum(not is_math_test(f"id{i}")
+        "slake": 2, "vqa-rad": 4, "pathvqa": 4, "chartqa": 2, "chart-to-text": 4, "math-llava": sum(not is_math_test(f"id{i}")
                                                                                 for i in range(40) if i % 4 != 3),
         "llava-med": 1}
     assert counts[-1]["skipped_missing_image"] == 1
@@ -105,11 +120,33 @@ def test_converters_build_smoe3(tmp_path, capsys):
     assert res.metrics == {"closed_accuracy": 100.0, "open_recall": 100.0}
     table = load_eval_set(chart, chart.eval_set("Chart-to-Table"))
     assert table[0].reference["table"] == "Country | Value\nUSA | 10\nUK | 20"
-    assert len(load_train(chart)) == 2 + 2  # QA (human + augmented) + tables of train and val
+    # QA (human + augmented) + tables of train and val + summaries of Pew train, Pew val and Statista train
+    assert [s.source for s in load_train(chart)] == ["ChartQA"] * 2 + ["Chart-to-Table"] * 2 + ["Chart-to-Text"] * 4
+    c2t = load_eval_set(chart, chart.eval_set("Chart-to-Text"))  # Pew's test split only (BLEU-4 on Pew)
+    assert [s.question_id for s in c2t] == ["chart2text-pew-test-multi_col-2", "chart2text-pew-test-two_col-3"]
+    assert c2t[0].reference["answer"] == "The pew multi_col chart 2 shows a rise in 2019."
+    assert c2t[0].image.name == "2.png" and c2t[0].image.parent.name == "multi_col"
+    res = SCORERS.get("bleu4")([{"question_id": s.question_id, "text": s.reference["answer"].upper()} for s in c2t],
+                               [s.reference for s in c2t])
+    assert res.accuracy == pytest.approx(100.0)  # lower-cased corpus BLEU
     mt = load_test(math)
     assert {s.reference["dataset"] for s in mt} <= {"TabMWP", "GeoQA+", "IconQA"}  # ScienceQA is not a source
     preds = [{"question_id": s.question_id, "text": s.reference["answer"]} for s in mt]
     assert SCORERS.get("math")(preds, [s.reference for s in mt]).accuracy == 100.0
+
+
+def test_chart_to_text_without_statista_and_with_a_missing_caption(tmp_path, capsys):
+    src = make_sources(tmp_path / "src")["chart-to-text"]
+    import shutil
+
+    shutil.rmtree(src / "statista_dataset")
+    assert main(["convert", "chart-to-text", "--src", str(src), "--out", str(tmp_path / "o")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"converter": "chart-to-text", "out": str(tmp_path / "o"),
+                                                   "train": 3, "statista": "absent", "test": 2}
+    (src / "pew_dataset" / "dataset" / "captions" / "3.txt").unlink()
+    assert main(["convert", "chart-to-text", "--src", str(src), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "test_index_mapping.csv (two_col-3.txt): caption" in err and "3.txt not found" in err
 
 
 def test_convert_reports_a_wrong_source_folder(tmp_path, capsys):

@@ -8,6 +8,7 @@ and the images they use (hard-linked when possible, else copied). One line per c
 from __future__ import annotations
 
 from dymoe.data.convert.smoe import (
+    convert_chart_to_text,
     convert_chartqa,
     convert_hf_medvqa,
     convert_llava_med,
@@ -22,6 +23,7 @@ CONVERTERS.add("vqa-rad", lambda src, out: convert_hf_medvqa(src, out, "vqa_rad"
 CONVERTERS.add("pathvqa", lambda src, out: convert_hf_medvqa(src, out, "pathvqa"))
 CONVERTERS.add("llava-med", convert_llava_med)
 CONVERTERS.add("chartqa", convert_chartqa)
+CONVERTERS.add("chart-to-text", convert_chart_to_text)
 CONVERTERS.add("math-llava", convert_math_llava)
 
 __all__ = ["CONVERTERS"]

@@ -14,6 +14,10 @@ phrase."; chart-to-table "Convert the chart to a data table."; math keeps the so
 * ``chartqa``: ChartQA (``{train,val,test}/{split}_{human,augmented}.json``, ``png/``, ``tables/*.csv``): QA train =
   train, test = test; chart-to-table train = train + val charts, test = test charts, the gold table linearised as
   DePlot does (cells joined by " | ", rows by newlines).
+* ``chart-to-text``: the Chart-to-Text release (vis-nlp/Chart-to-text: ``pew_dataset/dataset`` and, if present,
+  ``statista_dataset/dataset``, each with ``dataset_split/{train,val,test}_index_mapping.csv``, ``imgs/``,
+  ``captions/`` and the same folders under ``multiColumn/``): train = Pew train + val (7,892) + Statista train
+  (24,368), test = Pew test (1,393), smoe-dsal.md §6 ("BLEU4 on Pew only"); the reference is the chart's caption.
 * ``math-llava``: MathV360K (``train_samples_all_tuning.json`` + ``data_images/``) restricted to SMoE's seven sources
   (the first path component of ``image``), re-split deterministically ~92 / 8 by a hash of the row id (smoe-dsal.md
   §6 [I]); the test answer is the final answer of the reference response.
@@ -33,6 +37,8 @@ from dymoe.errors import DataError
 
 SHORT = "Answer the question using a single word or phrase."
 TABLE = "Convert the chart to a data table."
+# [P] the paper's instruction for Chart-to-Text is not given (its Fig. 3 is missing): a plain summary request
+SUMMARY = "Write a short summary of the chart."
 MATH_SOURCES = ("IconQA", "CLEVR-Math", "TabMWP", "Geometry3K", "GeoQA+", "UniGeo", "GEOS")
 
 
@@ -198,6 +204,60 @@ def convert_chartqa(src: Path, out: Path) -> dict:
                             else {"question_id": rid, "image": image, "text": TABLE, "table": table})
         _write(dom / f"chart2table_{split}.json", rows)
         counts[f"table_{split}"] = len(rows)
+    return counts
+
+
+def _split_files(root: Path, split: str) -> list[str]:
+    """The ``File_No`` column of ``dataset_split/<split>_index_mapping.csv`` (``two_col-12.txt``, ``multi_col-3.txt``)."""
+    path = root / "dataset_split" / f"{split}_index_mapping.csv"
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found (is --src the Chart-to-text release folder?)") from None
+    if rows and "File_No" not in rows[0]:
+        raise DataError(f"{path}: expected a File_No column, got {sorted(rows[0])}")
+    return [str(r["File_No"]).strip() for r in rows if r.get("File_No")]
+
+
+def _chart_paths(root: Path, file_no: str, where: str) -> tuple[Path, Path, str]:
+    """(image, caption, relative name) of one chart: ``two_col-N`` lives in the root's ``imgs/``, ``captions/``;
+    ``multi_col-N`` in ``multiColumn/imgs/``, ``multiColumn/captions/``."""
+    stem = file_no.removesuffix(".txt")
+    kind, _, number = stem.partition("-")
+    if kind not in ("two_col", "multi_col") or not number:
+        raise DataError(f"{where}: unexpected File_No {file_no!r} (expected two_col-N.txt or multi_col-N.txt)")
+    base = root if kind == "two_col" else root / "multiColumn"
+    return base / "imgs" / f"{number}.png", base / "captions" / f"{number}.txt", f"{kind}/{number}.png"
+
+
+def convert_chart_to_text(src: Path, out: Path) -> dict:
+    src, dom = Path(src), Path(out) / "chart"
+    datasets = {"pew": src / "pew_dataset" / "dataset", "statista": src / "statista_dataset" / "dataset"}
+    if not datasets["pew"].is_dir():
+        raise DataError(f"{datasets['pew']}: not found (--src must be the Chart-to-text release folder)")
+    parts = {"train": [("pew", "train"), ("pew", "val"), ("statista", "train")], "test": [("pew", "test")]}
+    counts = {}
+    for split, wanted in parts.items():
+        rows = []
+        for name, part in wanted:
+            root = datasets[name]
+            if name == "statista" and not root.is_dir():
+                counts["statista"] = "absent"
+                continue
+            for file_no in _split_files(root, part):
+                where = f"{root / 'dataset_split' / f'{part}_index_mapping.csv'} ({file_no})"
+                img, cap, rel = _chart_paths(root, file_no, where)
+                if not cap.is_file():
+                    raise DataError(f"{where}: caption {cap} not found")
+                caption = " ".join(cap.read_text(encoding="utf-8").split())
+                image = f"images/chart2text/{name}/{rel}"
+                _place(img, dom / image)
+                rid = f"chart2text-{name}-{part}-{file_no.removesuffix('.txt')}"
+                rows.append(_train_row(rid, image, SUMMARY, caption) if split == "train"
+                            else _test_row(rid, image, SUMMARY, caption))
+        _write(dom / f"chart2text_{split}.json", rows)
+        counts[split] = len(rows)
     return counts
 
 
