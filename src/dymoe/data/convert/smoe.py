@@ -208,16 +208,18 @@ def convert_chartqa(src: Path, out: Path) -> dict:
 
 
 def _split_files(root: Path, split: str) -> list[str]:
-    """The ``File_No`` column of ``dataset_split/<split>_index_mapping.csv`` (``two_col-12.txt``, ``multi_col-3.txt``)."""
+    """The chart files listed by ``dataset_split/<split>_index_mapping.csv`` (``two_col-12.txt``, ``multi_col-3.txt``):
+    the first column of every row naming a chart, as TinyChart's preprocessing reads it (a header row is skipped)."""
     path = root / "dataset_split" / f"{split}_index_mapping.csv"
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
+            rows = [r[0].strip() for r in csv.reader(f) if r and r[0].strip()]
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (is --src the Chart-to-text release folder?)") from None
-    if rows and "File_No" not in rows[0]:
-        raise DataError(f"{path}: expected a File_No column, got {sorted(rows[0])}")
-    return [str(r["File_No"]).strip() for r in rows if r.get("File_No")]
+    files = [r for r in rows if r.startswith(("two_col-", "multi_col-"))]
+    if rows and not files:
+        raise DataError(f"{path}: no row names a chart (expected a first column like two_col-12.txt)")
+    return files
 
 
 def _chart_paths(root: Path, file_no: str, where: str) -> tuple[Path, Path, str]:
@@ -226,7 +228,7 @@ def _chart_paths(root: Path, file_no: str, where: str) -> tuple[Path, Path, str]
     stem = file_no.removesuffix(".txt")
     kind, _, number = stem.partition("-")
     if kind not in ("two_col", "multi_col") or not number:
-        raise DataError(f"{where}: unexpected File_No {file_no!r} (expected two_col-N.txt or multi_col-N.txt)")
+        raise DataError(f"{where}: unexpected chart file {file_no!r} (expected two_col-N.txt or multi_col-N.txt)")
     base = root if kind == "two_col" else root / "multiColumn"
     return base / "imgs" / f"{number}.png", base / "captions" / f"{number}.txt", f"{kind}/{number}.png"
 
