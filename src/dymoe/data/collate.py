@@ -19,6 +19,12 @@ Every tensor the processor returns reaches the model (nothing is dropped):
   ``pixel_attention_mask``, ``aspect_ratio_ids``...): the samples' tensors are joined along dim 0 in sample order,
   their other dims zero-padded to the largest (as the processors pad a batch themselves).
 
+**Sample indices.** Given ``indices`` (one per sample: its position in the list the caller draws from), a batch
+also carries ``sample_index`` [B] (the index of each row's sample, after the samples the collator dropped) and
+``image_sample`` [N_img] (the batch row each image belongs to; with Mllama's empty slots every row has one). They
+are metadata, not model inputs: :func:`split_meta` takes them out before the forward (:data:`META_KEYS`). Without
+``indices`` the batch is exactly what it was before (no extra keys).
+
 Family rules (:mod:`dymoe.models.families`): PaliGemma's prefix/suffix format and ``token_type_ids``, Mllama's
 empty image slots for text-only rows, causal LMs (a tokenizer, no images). The batch keys are ``input_ids``,
 ``attention_mask``, ``labels`` (training), then the other per-token keys, then the image keys.
@@ -48,6 +54,16 @@ from dymoe.models.families import (
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+#: batch keys that describe the batch instead of feeding the model (see the module docstring)
+META_KEYS = ("sample_index", "image_sample")
+
+
+def split_meta(batch: dict) -> tuple[dict, dict]:
+    """``(model inputs, metadata)`` of a batch: the :data:`META_KEYS` entries go to the second dict."""
+    if not any(k in batch for k in META_KEYS):
+        return batch, {}
+    return ({k: v for k, v in batch.items() if k not in META_KEYS},
+            {k: v for k, v in batch.items() if k in META_KEYS})
 
 
 def _messages(turns: Sequence[tuple[str, str | None]], has_image: bool, plain: bool = False) -> list[dict]:
@@ -129,12 +145,14 @@ class Encoded:
         ids: token ids [T]; labels: [T] (training) or None (generation).
         tokens: per-token tensors by key, each [T, ...] (``attention_mask`` always present).
         images: per-image tensors by key, each [n, ...] as the processor returned them (empty without an image).
+        index: the sample's index in the caller's list (``sample_index`` of the batch), or None.
     """
 
     ids: list[int]
     labels: list[int] | None = None
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     images: dict[str, torch.Tensor] = field(default_factory=dict)
+    index: int | None = None
 
     def select(self, index: list[int]) -> None:
         """Keep the positions ``index`` (in order) of the ids, labels and every per-token tensor."""
@@ -225,7 +243,8 @@ def pad_and_join(encoded: list[Encoded], *, pad_id: int, side: str, rules: Batch
     """Pad a list of encoded samples into a batch (``side``: ``"right"`` for training, ``"left"`` for generation).
 
     Returns ``input_ids`` [B, T], ``attention_mask`` [B, T], ``labels`` [B, T] (when the samples have labels), the
-    other per-token tensors [B, T, ...] and the per-image tensors [N, ...] joined in sample order.
+    other per-token tensors [B, T, ...] and the per-image tensors [N, ...] joined in sample order; when the samples
+    carry indices, ``sample_index`` [B] and ``image_sample`` [N_img] (see the module docstring).
     """
     width = max(len(e.ids) for e in encoded)
 
@@ -257,6 +276,13 @@ def pad_and_join(encoded: list[Encoded], *, pad_id: int, side: str, rules: Batch
                 place(labels, b, e.labels)
             batch["labels"] = labels
     batch.update(_join_images(encoded, rules))
+    if any(e.index is not None for e in encoded):
+        if any(e.index is None for e in encoded):
+            raise ValueError("pad_and_join: either every sample carries its index or none does")
+        batch["sample_index"] = torch.tensor([e.index for e in encoded], dtype=torch.long)  # [B]
+        slots = rules.empty_image_slot is not None and any(e.images for e in encoded)
+        owners = [b for b, e in enumerate(encoded) if e.images or slots]
+        batch["image_sample"] = torch.tensor(owners, dtype=torch.long)  # [N_img]
     return batch
 
 
@@ -357,9 +383,17 @@ class VLMCollator:
         if value == 1:
             log.warning("VLMCollator: sample %r %s (%s counts every such sample)", sample.id, why, counter)
 
-    def __call__(self, samples: list[TrainSample]) -> dict[str, torch.Tensor]:
-        """Collate a batch (see the class docstring for the keys and shapes)."""
-        encoded = [e for e in (self.encode(s) for s in samples) if e is not None]
+    def __call__(self, samples: list[TrainSample], indices: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """Collate a batch (see the class docstring for the keys and shapes); ``indices`` (one per sample) adds
+        ``sample_index`` / ``image_sample`` for the samples kept (see the module docstring)."""
+        if indices is not None and len(indices) != len(samples):
+            raise ValueError(f"{len(indices)} indices for {len(samples)} samples")
+        encoded = []
+        for k, s in enumerate(samples):
+            e = self.encode(s)
+            if e is not None:
+                e.index = None if indices is None else int(indices[k])
+                encoded.append(e)
         if not encoded:
             raise DataError(
                 f"every sample of the batch was dropped: max_length={self.max_length} leaves no answer token "
@@ -375,6 +409,7 @@ def build_generation_batch(
     max_length: int,
     pad_to_square: bool = True,
     stats: dict[str, int] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A left-padded generation batch: ``USER: <image>\\n{prompt} ASSISTANT:`` per sample (in the backbone's format).
 
@@ -383,12 +418,15 @@ def build_generation_batch(
     order). A prompt longer than ``max_length`` keeps everything up to the end of its image block and the last
     tokens of the text (so the question's end and ``ASSISTANT:`` stay); each such sample is counted in
     ``stats["num_truncated"]`` and logged. If the image tokens plus the generation prompt cannot fit,
-    :class:`DataError` is raised (a prediction cannot be skipped silently).
+    :class:`DataError` is raised (a prediction cannot be skipped silently). ``indices`` (one per sample) adds
+    ``sample_index`` / ``image_sample`` (see the module docstring).
     """
     encoder = PromptEncoder(processor, pad_to_square=pad_to_square)
     encoded: list[Encoded] = []
     truncated = 0
-    for s in samples:
+    if indices is not None and len(indices) != len(samples):
+        raise ValueError(f"{len(indices)} indices for {len(samples)} samples")
+    for pos, s in enumerate(samples):
         has_image = s.image is not None
         text = generation_prompt(processor, s.prompt, has_image)
         image = encoder.image(s.image, f"question {s.question_id!r}") if has_image else None
@@ -404,6 +442,7 @@ def build_generation_batch(
                 )
             enc.select(list(range(keep)) + list(range(n - tail, n)))
             truncated += 1
+        enc.index = None if indices is None else int(indices[pos])
         encoded.append(enc)
     if truncated:
         log.warning("build_generation_batch: %d prompt(s) longer than max_length=%d were truncated", truncated,

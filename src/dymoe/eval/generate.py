@@ -11,6 +11,10 @@
   else (a trailing period, a second line) is the scorers' business;
 * samples are generated longest first (less padding per batch, and an out-of-memory shows up on the first batch)
   and returned in the order they were given;
+* ``batch_hook(batch)`` is called before each ``generate`` with the batch on the device, which carries
+  ``sample_index`` [B] (each row's index in ``samples``) and ``image_sample`` [N_img] (the row of each image), taken
+  out before ``generate``; a hook may return ``{field: [B] values}`` that are written into those samples' rows
+  (e.g. ``routed_task``, a task locator's prediction);
 * with an ``accelerate.Accelerator`` of ``N`` processes, process ``p`` generates samples ``p, p + N, ...``, the
   shards are gathered with ``gather_object`` and every process gets the full list back in the original order.
 
@@ -26,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dymoe.data.coin import TestSample
-from dymoe.data.collate import build_generation_batch
+from dymoe.data.collate import build_generation_batch, split_meta
 from dymoe.data.tasks import TaskSpec
 from dymoe.errors import ConfigError
 from dymoe.eval.scorers import SCORERS, ScoreResult
@@ -95,9 +99,12 @@ def _generate_local(
     device: torch.device,
     show_progress: bool,
     desc: str,
-    batch_hook: Callable[[dict], None] | None = None,
-) -> list[str]:
-    """Greedy-generate the texts of ``samples`` on this process, longest prompt first; returned in input order."""
+    batch_hook: Callable[[dict], dict | None] | None = None,
+    indices: Sequence[int] | None = None,
+    min_new_tokens: int | None = None,
+) -> tuple[list[str], list[dict]]:
+    """Greedy-generate the texts of ``samples`` on this process, longest prompt first; returned in input order
+    with each sample's extra fields from ``batch_hook`` (``indices``: the samples' global indices)."""
     tokenizer = tokenizer_of(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = _eos_ids(model, tokenizer)
@@ -105,16 +112,29 @@ def _generate_local(
     order = sorted(range(len(samples)), key=lambda i: -lengths[i])  # stable: ties keep the input order
     dtype = next(model.parameters()).dtype
     texts: list[str | None] = [None] * len(samples)
+    extras: list[dict] = [{} for _ in samples]
+    glob = list(range(len(samples))) if indices is None else list(indices)
     bar = tqdm(total=len(samples), desc=desc, unit="q", disable=not show_progress)
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
-        batch = build_generation_batch(processor, [samples[i] for i in idx], max_length=max_length)
+        batch = build_generation_batch(processor, [samples[i] for i in idx], max_length=max_length,
+                                       indices=[glob[i] for i in idx] if batch_hook is not None else None)
         # image tensors in the model's dtype (pixel_values [N_img, 3, H, W] for LLaVA); ids and masks stay integer
         batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
         if batch_hook is not None:
-            batch_hook(batch)  # e.g. a task router setting the per-sample group mask for this batch
+            # e.g. a task router setting the per-sample group mask for this batch
+            fields = batch_hook(batch)
+            for key, values in (fields or {}).items():
+                values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
+                if len(values) != len(idx):
+                    raise ValueError(f"batch_hook returned {len(values)} values of {key!r} for {len(idx)} samples")
+                for row, i in enumerate(idx):
+                    extras[i][key] = values[row]
+        batch, _ = split_meta(batch)
+        length = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
         out = model.generate(
             **batch,
+            **length,
             do_sample=False,
             use_cache=True,
             max_new_tokens=max_new_tokens,
@@ -128,7 +148,7 @@ def _generate_local(
             texts[i] = _decode_new(tokenizer, new[row], eos_ids)
         bar.update(len(idx))
     bar.close()
-    return texts  # type: ignore[return-value]
+    return texts, extras  # type: ignore[return-value]
 
 
 def generate_predictions(
@@ -141,7 +161,8 @@ def generate_predictions(
     accelerator: Any = None,
     desc: str = "eval",
     max_length: int = 2048,
-    batch_hook: Callable[[dict], None] | None = None,
+    batch_hook: Callable[[dict], dict | None] | None = None,
+    min_new_tokens: int | None = None,
 ) -> list[dict]:
     """Greedy answers to test questions, as ``merge.jsonl`` rows in the order of ``samples``.
 
@@ -157,16 +178,20 @@ def generate_predictions(
             process on the model's device.
         desc: the progress-bar label (shown on the main process only).
         max_length: prompt token budget (see :func:`~dymoe.data.collate.build_generation_batch`).
-        batch_hook: called with each generation batch (on the device) before ``generate``; methods use it to set
-            per-sample routing restrictions (task routers).
+        batch_hook: called with each generation batch (on the device, with ``sample_index`` = the rows' indices in
+            ``samples``) before ``generate``; methods use it to set per-sample routing (task routers). It may
+            return ``{field: [B] values}``, added to those samples' rows.
+        min_new_tokens: passed to ``generate`` (an evaluation set's ``min_new_tokens``); None = no minimum.
 
     Returns:
-        ``[{"question_id", "prompt", "text"}]``, one per sample, same order; identical on every process.
+        ``[{"question_id", "prompt", "text", ...}]``, one per sample, same order; identical on every process.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if min_new_tokens is not None and not 0 <= min_new_tokens <= max_new_tokens:
+        raise ConfigError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
     samples = list(samples)
     if accelerator is not None:
         num_processes = int(accelerator.num_processes)
@@ -181,7 +206,7 @@ def generate_predictions(
     was_training = gen_model.training
     gen_model.eval()
     try:
-        texts = _generate_local(
+        texts, extras = _generate_local(
             gen_model,
             processor,
             [samples[i] for i in mine],
@@ -192,17 +217,20 @@ def generate_predictions(
             show_progress=is_main,
             desc=desc,
             batch_hook=batch_hook,
+            indices=mine,
+            min_new_tokens=min_new_tokens,
         )
     finally:
         gen_model.train(was_training)
-    pairs = list(zip(mine, texts))  # (global index, text)
+    pairs = list(zip(mine, zip(texts, extras)))  # (global index, (text, extra fields))
     if num_processes > 1:
         pairs = _gather(accelerator, pairs)
     by_index = dict(pairs)
     if sorted(by_index) != list(range(len(samples))):
         raise RuntimeError(f"gathered {len(by_index)} of {len(samples)} predictions; the shards do not add up")
     return [
-        {"question_id": s.question_id, "prompt": s.prompt, "text": by_index[i]} for i, s in enumerate(samples)
+        {"question_id": s.question_id, "prompt": s.prompt, "text": by_index[i][0], **by_index[i][1]}
+        for i, s in enumerate(samples)
     ]
 
 

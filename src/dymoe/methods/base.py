@@ -18,6 +18,21 @@ that the runner attaches to the model (``model.dymoe_method``, see :func:`attach
 - their tensors are saved with the method state (keys ``module.<name>.<tensor>``) and restored on resume
   (:meth:`Method.checkpoint_state` / :meth:`Method.load_checkpoint_state`).
 
+**Per-batch routing** (:meth:`Method.batch_routing`): called for every batch the model sees in training, evaluation
+and the planning phase, with a :class:`BatchInfo` (the phase, the task, the evaluation set and variant, the batch's
+sample indices); it returns the routing inputs to set on the model's routing context for that batch (any attribute
+of :class:`~dymoe.layers.context.RoutingContext`: ``group_mask``, and with the layer protocol ``router_ids``,
+``selector``, ``bypass`` ...) and, for a method with a task locator, the task it predicted per sample
+(``"predicted_task"``), from which the runner reports the locator's accuracy and confusion matrix.
+
+**Evaluation variants** (:attr:`Method.evaluation_variants`): extra evaluations after each task with another
+routing (CMoE's "Immediate" with the oracle router); each has its own matrix. ``BatchInfo.variant`` says which one a
+batch belongs to (``""`` = the main evaluation).
+
+**Planning phase** (:meth:`Method.plan`): before a task's training, with the task's data, through a
+:class:`~dymoe.runner.planning.Planner` (training with its own parameters and learning rate, passes over the data,
+feature passes); what it decided is :meth:`Method.plan_state`, saved and loaded instead of re-planned on resume.
+
 Registration must happen before the optimizer of a task is built (``setup``, ``before_task`` or, when resuming,
 ``load_state_dict``, which receives the method's own tensors *before* the module tensors are loaded, so a method
 whose modules depend on the task count re-registers them there). Freeze a module that a task does not train
@@ -57,6 +72,40 @@ class TaskInfo:
     total_steps: int = 0
 
 
+#: the key of :meth:`Method.batch_routing`'s result that holds the locator's predicted task per sample
+PREDICTED_TASK = "predicted_task"
+PHASES = ("train", "eval", "plan", "features")
+
+
+@dataclass
+class BatchInfo:
+    """What the runner tells a method about one batch (:meth:`Method.batch_routing`).
+
+    Attributes:
+        phase: ``"train"`` (a task's training), ``"eval"`` (generation on a test set), ``"plan"`` (the planning
+            phase's training / passes) or ``"features"`` (a feature pass).
+        task_index, task: training / planning: the task being learned; evaluation: the task whose test set this
+            batch comes from (the true task, which an oracle router uses and a locator is scored against).
+        indices: ``[B]`` each row's sample index: into the task's training samples (replay included,
+            ``TaskInfo.train_samples``) for ``train`` / ``plan`` / ``features``, into the evaluation set's samples
+            for ``eval``. Samples the collator dropped are not in the batch, so the rows stay aligned.
+        image_sample: ``[N_img]`` the batch row each image belongs to.
+        eval_set: the evaluation set's name (``"eval"`` only), e.g. ``"ChartQA"``; CoIN tasks: the task name.
+        variant: the evaluation variant (``""`` = the main evaluation; see :attr:`Method.evaluation_variants`).
+        stage: evaluation: the number of tasks trained so far (row ``stage`` of the matrix); else the 0-based index
+            of the task being learned.
+    """
+
+    phase: str
+    task_index: int
+    task: str
+    indices: list[int] = dataclasses.field(default_factory=list)
+    image_sample: list[int] = dataclasses.field(default_factory=list)
+    eval_set: str | None = None
+    variant: str = ""
+    stage: int = 0
+
+
 @dataclass
 class StepInfo:
     """Where training is inside the current task: ``step`` (optimizer steps done), ``progress`` = step / total."""
@@ -82,6 +131,10 @@ class Method:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    #: extra evaluation variants, each with its own matrix (``BatchInfo.variant``); the main evaluation is ``""``
+    evaluation_variants: ClassVar[tuple[str, ...]] = ()
+    #: the name of this method's task locator in ``metrics.json`` / the report (when it predicts tasks)
+    locator_name: ClassVar[str] = "task_locator"
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
@@ -120,6 +173,34 @@ class Method:
     def group_mask(self, batch: dict[str, torch.Tensor], phase: str) -> torch.Tensor | None:
         """Per-sample allowed groups ``[B, G]`` bool (task routers), or None."""
         return None
+
+    def batch_routing(self, batch: dict[str, torch.Tensor], info: BatchInfo) -> dict[str, Any] | None:
+        """Routing inputs for this batch: ``{context attribute: value}`` set on the routing context before the
+        forward (``group_mask`` ``[B, G]``, ``router_ids`` ``[B]`` ...) and restored after it, plus optionally
+        ``"predicted_task"`` ``[B]`` long (the locator's task per sample, scored by the runner against
+        ``info.task_index`` in evaluation). ``batch`` holds the model inputs (on the device). Default: None (the
+        legacy :meth:`routing_policy` / :meth:`group_mask` hooks are applied before this one either way)."""
+        return None
+
+    def plan(self, task: TaskInfo, planner: Any) -> None:
+        """The planning phase before ``task``'s training (before :meth:`before_task`), with the task's data through
+        ``planner`` (:class:`dymoe.runner.planning.Planner`: ``train``, ``batches``, ``features``). What it decides
+        must be in :meth:`plan_state` (loaded instead of re-planned on resume). Default: no planning phase."""
+
+    @property
+    def plans(self) -> bool:
+        """Whether this method has a planning phase (it overrides :meth:`plan`)."""
+        return type(self).plan is not Method.plan
+
+    def plan_state(self) -> dict[str, torch.Tensor]:
+        """The planning phase's outcome (tensors), saved after :meth:`plan` and given to :meth:`load_plan_state`
+        on resume instead of planning again. Default: empty."""
+        return {}
+
+    def load_plan_state(self, state: dict[str, torch.Tensor], task: TaskInfo) -> None:
+        """Restore what :meth:`plan_state` returned for ``task`` (a resumed run does not plan again)."""
+        if state:
+            raise ValueError(f"method {self.name!r} has no plan state but got keys {sorted(state)[:3]}")
 
     def on_forward_start(self) -> None:
         """Called right before each training forward (reset per-forward buffers)."""

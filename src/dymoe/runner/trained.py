@@ -24,17 +24,12 @@ __all__ = ["TrainedRun", "eval_routing"]
 
 @contextmanager
 def eval_routing(method: Any, adapter: Any) -> Iterator[Any]:
-    """The method's inference routing on ``adapter``'s context; yields the per-batch hook for generation."""
-    ctx = adapter.context
-    ctx.policy, ctx.group_mask, ctx.recording = method.routing_policy("eval"), None, False
+    """The method's inference routing on ``adapter``'s context (:class:`~dymoe.runner.routing.EvalRouting`, the
+    runner's own); yields the per-batch hook for generation (the main evaluation variant, no true task known)."""
+    from dymoe.runner.routing import EvalRouting
 
-    def hook(batch: dict) -> None:
-        ctx.group_mask = method.group_mask(batch, "eval")
-
-    try:
+    with EvalRouting(method, adapter.context) as hook:
         yield hook
-    finally:
-        ctx.policy, ctx.group_mask = None, None
 
 
 class TrainedRun:
@@ -53,6 +48,7 @@ class TrainedRun:
         from dymoe.injection.inject import inject
         from dymoe.injection.state import load_adapter_into, load_method_state
         from dymoe.methods import build_method
+        from dymoe.methods.base import attach_method_modules
         from dymoe.models.llava import load_backbone
         from dymoe.runner.resources import resolve_backbone_path
         from dymoe.runner.rundir import RunDir
@@ -79,10 +75,12 @@ class TrainedRun:
         )
         self.method = build_method(cfg.method)
         self.adapter = inject(self.model, self.method.configure_adapter(cfg.adapter))
+        attach_method_modules(self.model, self.method)
         self.method.setup(self.model, self.adapter)
         ckpt = self.dir.checkpoint(k, self.task)
         load_adapter_into(self.adapter, ckpt)
-        self.method.load_state_dict(load_method_state(ckpt))
+        # the method's own tensors and its registered modules (a task locator, ...), as the runner restores them
+        self.method.load_checkpoint_state(load_method_state(ckpt))
         self.model.to(device).eval()
 
     def _task_names(self) -> list[str]:

@@ -43,8 +43,10 @@ from dymoe.errors import ConfigError, DymoeError
 from dymoe.injection.inject import ExpertAdapter
 from dymoe.injection.state import load_adapter_into, load_method_state, save_adapter
 from dymoe.io import atomic_write_text
-from dymoe.methods.base import Method, StepInfo, TaskInfo
+from dymoe.data.collate import split_meta
+from dymoe.methods.base import BatchInfo, Method, StepInfo, TaskInfo
 from dymoe.runner.engines import PreparedTask
+from dymoe.runner.routing import apply_batch_routing, restore_routing
 
 
 class TrainingDiverged(DymoeError):
@@ -163,18 +165,32 @@ class TrainResult:
     dropped: int = 0
 
 
-def forward_loss(model, adapter: ExpertAdapter, method: Method, batch: dict, step: StepInfo, *, record: bool = True):
-    """One training forward with the method's routing policy, group mask and loss terms.
+def batch_info(meta: dict, *, phase: str, task: TaskInfo, **extra) -> BatchInfo:
+    """The :class:`BatchInfo` of a batch from its metadata (``sample_index``, ``image_sample``; see
+    :func:`dymoe.data.collate.split_meta`)."""
+    idx, img = meta.get("sample_index"), meta.get("image_sample")
+    return BatchInfo(phase=phase, task_index=task.index, task=task.name,
+                     indices=[] if idx is None else idx.tolist(), image_sample=[] if img is None else img.tolist(),
+                     stage=extra.pop("stage", task.index), **extra)
+
+
+def forward_loss(model, adapter: ExpertAdapter, method: Method, batch: dict, step: StepInfo, *, record: bool = True,
+                 info: BatchInfo | None = None):
+    """One training forward with the method's routing policy, group mask, per-batch routing and loss terms.
 
     This is the step the runner trains with (and the one ``benchmarks/bench_train_step.py`` times). Returns
     ``(loss, terms, outputs)``: the LM loss plus the method's (already weighted) terms, each term by name, and the
     model outputs. Recording is switched off before returning, so gradient checkpointing's recomputation in
     backward does not report to the observers again. ``record=False`` (zero-weight micro-steps) leaves routing
-    unrecorded, so observers' statistics see only real data.
+    unrecorded, so observers' statistics see only real data. ``info`` (the batch's :class:`BatchInfo`) is given to
+    :meth:`Method.batch_routing`, whose routing inputs hold for this forward only.
     """
     ctx = adapter.context
     ctx.policy = method.routing_policy("train")
     ctx.group_mask = method.group_mask(batch, "train")
+    saved = {}
+    if info is not None:
+        saved, _ = apply_batch_routing(ctx, method.batch_routing(batch, info), batch["input_ids"].shape[0])
     ctx.recording = record
     try:
         method.on_forward_start()
@@ -182,6 +198,7 @@ def forward_loss(model, adapter: ExpertAdapter, method: Method, batch: dict, ste
         terms = method.loss_terms(batch, outputs, step)
     finally:
         ctx.recording = False
+        restore_routing(ctx, saved)
     loss = outputs.loss + sum(terms.values()) if terms else outputs.loss
     return loss, terms, outputs
 
@@ -208,6 +225,7 @@ class TaskTrainer:
         self._batching = batching
         self.step_log = step_log
         self.samples: list = []
+        self._phase, self._indices = "train", None
 
     @property
     def batching(self) -> Batching:
@@ -216,10 +234,12 @@ class TaskTrainer:
         return self._batching
 
     # ------------------------------------------------------------------ data
-    def plan(self, samples: list, seed: int) -> list[list[int]]:
-        """The task's global batches (one per optimizer step), the same on every process."""
+    def plan(self, samples: list, seed: int, epochs: float | None = None) -> list[list[int]]:
+        """The task's global batches (one per optimizer step), the same on every process (``epochs``: default
+        ``training.epochs``)."""
         lengths = [approx_length(s) for s in samples]
-        return plan_batches(lengths, self.batching.global_batch_size, self.cfg.epochs, seed, self.cfg.group_by_length)
+        epochs = self.cfg.epochs if epochs is None else epochs
+        return plan_batches(lengths, self.batching.global_batch_size, epochs, seed, self.cfg.group_by_length)
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -250,15 +270,27 @@ class TaskTrainer:
         seed: int,
         step_dir: Path | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        phase: str = "train",
+        params: list[torch.nn.Parameter] | None = None,
+        lr: float | None = None,
+        epochs: float | None = None,
+        indices: list[int] | None = None,
     ) -> TrainResult:
         """Train on ``samples``; ``step_dir`` (if given) holds/receives mid-task step checkpoints.
 
         ``on_step(step, total)`` is called after every optimizer step (analyses evaluate mid-task with it; the
         model is in train mode again when it returns).
+
+        The planning phase trains through the same loop with ``phase="plan"``, its own ``params`` (default: the
+        adapter's trainable tensors and the method's registered modules), ``lr`` and ``epochs`` (defaults:
+        ``training.lr`` / the task's epochs), without step checkpoints or the per-step log; ``indices`` are the
+        samples' indices reported to :meth:`Method.batch_routing` (default: their positions in ``samples``).
         """
         cfg, acc, lay = self.cfg, self.acc, self.batching
         self.samples = samples
-        plan = self.plan(samples, seed)
+        self._phase = phase
+        self._indices = indices
+        plan = self.plan(samples, seed, epochs)
         total = len(plan)
         task.total_steps = total
         resuming = step_dir is not None and (step_dir / "trainer_state.json").is_file()
@@ -266,10 +298,12 @@ class TaskTrainer:
             # the adapter first: loading replaces the Parameter objects the optimizer must be built on
             load_adapter_into(self.adapter, step_dir)
             self.method.load_checkpoint_state(load_method_state(step_dir))
-        params = self.adapter.trainable_parameters() + self.method.extra_parameters()
+        if params is None:
+            params = self.adapter.trainable_parameters() + self.method.extra_parameters()
         if not params:
-            raise DymoeError(f"method {self.method.name!r} left nothing trainable for task {task.name!r}")
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            what = "the planning phase" if phase == "plan" else f"task {task.name!r}"
+            raise DymoeError(f"method {self.method.name!r} left nothing trainable for {what}")
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
         # the schedule counts global optimizer steps and is stepped here once per step (never by accelerate)
         scheduler = get_scheduler(
             "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule,
@@ -295,16 +329,17 @@ class TaskTrainer:
         total = len(plan)
         wrapped = prepared.model
         wrapped.train()
-        self._open_step_log(task, start)
+        if self._phase == "train":
+            self._open_step_log(task, start)
         result = TrainResult()
-        bar = tqdm(total=total, initial=start, desc=f"train {task.name}", disable=not acc.is_local_main_process,
+        bar = tqdm(total=total, initial=start, desc=f"{self._phase} {task.name}", disable=not acc.is_local_main_process,
                    dynamic_ncols=True)
         t0 = time.perf_counter()
         seen_before = sum(len(gb) for gb in plan[:start])
         seen = 0
         for step in range(start, total):
             gb = plan[step]
-            loss_val, terms_val, n_tokens, bad = self._accumulate(gb, samples, StepInfo(step, total), prepared)
+            loss_val, terms_val, n_tokens, bad = self._accumulate(gb, samples, StepInfo(step, total), prepared, task)
             if bad:  # every process raises together (a lone raise would leave the others waiting)
                 raise TrainingDiverged(
                     f"loss became {loss_val + sum(terms_val.values())} on task {task.index + 1} ({task.name!r}) "
@@ -323,9 +358,12 @@ class TaskTrainer:
             if done % cfg.log_every == 0 or done == total:
                 logs.update({f"train/{task.name}/loss": loss_val, "train/samples_per_s": rate})
                 logs.update({f"train/{task.name}/{k}": v for k, v in terms_val.items()})
+            if self._phase != "train":
+                logs = {f"{self._phase}/{k.removeprefix('train/')}": v for k, v in logs.items()}
             acc.log(logs, step=task.index * 1_000_000 + done)
-            self._log_step({"task": task.name, "task_index": task.index, "step": done, "lr": lr, "loss": loss_val,
-                            **terms_val, "samples": len(gb), "tokens": int(n_tokens)})
+            if self._phase == "train":
+                self._log_step({"task": task.name, "task_index": task.index, "step": done, "lr": lr, "loss": loss_val,
+                                **terms_val, "samples": len(gb), "tokens": int(n_tokens)})
             if step_dir is not None and cfg.save_every_steps and done % cfg.save_every_steps == 0 and done < total:
                 self._save_step(step_dir, done, task, prepared.optimizer, scheduler)
             if on_step is not None:
@@ -337,27 +375,32 @@ class TaskTrainer:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _accumulate(self, gb: list[int], samples: list, info: StepInfo, prepared: PreparedTask):
+    def _accumulate(self, gb: list[int], samples: list, info: StepInfo, prepared: PreparedTask, task: TaskInfo):
         """Forward and backward of this process's micro-batches of global batch ``gb`` (gradients synchronised on
         the last). Returns the global batch's token-mean LM loss, its micro-batch-mean loss terms, its answer-token
         count and whether any process saw a non-finite loss (all summed over processes)."""
         world, rank, per_device = self.acc.num_processes, self.acc.process_index, self.batching.per_device
         local = micro_batches(gb, per_device, rank, world)
         n_micro = math.ceil(len(gb) / per_device)
-        collated = [self.collator([samples[i] for i in idx]) if idx is not None else None for idx in local]
+        ids = self._indices
+        collated = [self.collator([samples[i] for i in idx], indices=[i if ids is None else ids[i] for i in idx])
+                    if idx is not None else None for idx in local]
         (n_tokens,) = self._all_sum([float(sum(answer_tokens(c) for c in collated if c is not None))])
         lm_sum, bad, term_sums, terms = 0.0, 0.0, {}, {}
         for s, idx in enumerate(local):
             last, real = s == len(local) - 1, idx is not None
             # a zero-weight step reruns this process's first micro-batch (or the global batch's first)
+            zero = local[0] if local[0] is not None else gb[:per_device]
             batch = collated[s] if real else self.collator(
-                [samples[i] for i in (local[0] if local[0] is not None else gb[:per_device])])
-            batch = self._to_device(batch)
+                [samples[i] for i in zero], indices=[i if ids is None else ids[i] for i in zero])
+            batch, meta = split_meta(self._to_device(batch))
+            binfo = batch_info(meta, phase=self._phase, task=task)
             n_here = answer_tokens(batch)
             w_lm = world * n_here / n_tokens if real and n_tokens > 0 else 0.0  # share of the global batch's tokens
             w_terms = world / n_micro if real else 0.0  # DDP / ZeRO average over processes: hence × world
             with prepared.sync(last):
-                loss, terms, outputs = forward_loss(prepared.model, self.adapter, self.method, batch, info, record=real)
+                loss, terms, outputs = forward_loss(prepared.model, self.adapter, self.method, batch, info, record=real,
+                                                    info=binfo)
                 if not (w_lm == 1.0 and w_terms == 1.0):  # (one process, no accumulation: the plain loss)
                     loss = _weighted(outputs.loss, w_lm)
                     if terms:
