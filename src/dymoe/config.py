@@ -109,11 +109,19 @@ class TrainingConfig:
 
 @dataclass
 class EvaluationConfig:
-    """Evaluation after each task, on every task seen so far.
+    """Evaluation after each task (see :mod:`dymoe.runner.evaluation`).
 
     Attributes:
+        max_new_tokens: generation length of an evaluation set that does not set its own.
         scorer_variant: ``reference`` (CoIN's scorers, quirks included: comparable with the papers) or ``strict``.
-        scorers: per-task overrides ``{task name: scorer name}``.
+        scorers: per-task overrides ``{task name: scorer name}`` (of the task's first evaluation set) or
+            ``{"task/set": scorer name}`` for one set of a task with several.
+        tasks: ``seen`` evaluates tasks 1..k after task k (lower-triangular matrix, CoIN); ``all`` evaluates every
+            task after every stage, unseen ones included (full N × N matrix, D-MoLE's protocol).
+        metric: the metric definition of the run (a key of :data:`dymoe.eval.metrics.METRICS`: ``coin`` MFT/MFN/
+            MAA/BWT, ``cmoe`` Immediate/Last/BWT, ``dmole`` AVG/Last/BWT, which needs ``tasks: all``), reported in
+            ``metrics.json``, ``report.md`` and ``dymoe compare``.
+        variants: the method's evaluation variants to run (each with its own matrix); None = every one it declares.
     """
 
     batch_size: int = 16
@@ -121,6 +129,9 @@ class EvaluationConfig:
     max_length: int = 2048
     scorer_variant: Literal["reference", "strict"] = "reference"
     scorers: dict[str, str] = field(default_factory=dict)
+    tasks: Literal["seen", "all"] = "seen"
+    metric: Literal["coin", "cmoe", "dmole"] = "coin"
+    variants: list[str] | None = None
 
 
 @dataclass
@@ -393,6 +404,8 @@ def _check_ranges(cfg: RunConfig) -> None:
         if not ok:
             section, name = key.split(".")
             raise ConfigError(f"{key} must be {allowed}, got {getattr(values[section], name)!r}")
+    if cfg.evaluation.metric == "dmole" and cfg.evaluation.tasks != "all":
+        raise ConfigError("evaluation.metric=dmole (D-MoLE's Eqs. 16-18) needs the full matrix: set evaluation.tasks=all")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -133,6 +133,8 @@ class Method:
     Options: ClassVar[type] = NoOptions
     #: extra evaluation variants, each with its own matrix (``BatchInfo.variant``); the main evaluation is ``""``
     evaluation_variants: ClassVar[tuple[str, ...]] = ()
+    #: the variant whose diagonal is "Immediate" in the ``cmoe`` metric definition (CMoE: the oracle router)
+    immediate_variant: ClassVar[str | None] = None
     #: the name of this method's task locator in ``metrics.json`` / the report (when it predicts tasks)
     locator_name: ClassVar[str] = "task_locator"
 

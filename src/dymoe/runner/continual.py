@@ -32,27 +32,35 @@ import torch
 from dymoe.config import RunConfig, dump_config
 from dymoe.data.coin import check_scorable, load_train, read_json_rows
 from dymoe.data.collate import VLMCollator, text_only_samples
-from dymoe.data.formats import load_test
-from dymoe.data.tasks import Benchmark, TaskSpec, load_benchmark
+from dymoe.data.formats import load_eval_set
+from dymoe.data.tasks import Benchmark, EvalSet, TaskSpec, load_benchmark
 from dymoe.errors import CheckpointError, ConfigError, DataError, DymoeError, OutputError
-from dymoe.eval.generate import generate_predictions
-from dymoe.eval.metrics import save_matrix, summarize
+from dymoe.eval.metrics import METRICS, save_matrix, summarize
 from dymoe.eval.scorers import SCORERS, load_annotations
 from dymoe.injection.inject import inject
 from dymoe.injection.state import load_adapter_into, load_method_state, save_adapter
 from dymoe.io import (
     WRITE_ERRNOS,
     atomic_write_json,
-    atomic_write_jsonl,
     atomic_write_text,
     describe_os_error,
-    read_jsonl,
     writing,
 )
 from dymoe.methods import build_method
 from dymoe.methods.base import TaskInfo, attach_method_modules
 from dymoe.models.families import is_text_only
 from dymoe.runner.engines import uses_deepspeed
+from dymoe.runner.evaluation import (
+    COMBINE_RULE,
+    evaluate_row,
+    evaluated_tasks,
+    load_scores,
+    read_predictions,
+    save_scores,
+    variant_dir,
+    variants_of,
+)
+from dymoe.runner.planning import run_planning
 from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin
 from dymoe.runner.rundir import RunDir, RunLock
 from dymoe.runner.trainer import TaskTrainer, resolve_batching
@@ -236,9 +244,11 @@ class ContinualRun:
             backbone = resolve_backbone_path(cfg.backbone.path)
         self.tasks: list[TaskSpec] = self.benchmark.tasks
         self.names = [t.name for t in self.tasks]
+        known = self.names + [f"{t.name}/{es.name}" for t in self.tasks for es in t.eval_sets]
         for name in cfg.evaluation.scorers:
-            if name not in self.names:
-                raise ConfigError(f"evaluation.scorers: no task {name!r} in this run; tasks: {self.names}")
+            if name not in known:
+                raise ConfigError(f"evaluation.scorers: no task {name!r} in this run (or 'task/set'); tasks: "
+                                  f"{self.names}")
         self._train_sets: dict[str, list] = {}
         self._test_sets: dict[str, list] = {}
         self._annotations: dict[tuple[str, str], dict] = {}
@@ -265,8 +275,9 @@ class ContinualRun:
         # every test set read and checked against its scorer, every training file checked: before anything trains
         # or is written (after the processor, which says whether image samples are taken)
         for task in self.tasks:
-            scorer = self.scorer_name(task)
-            check_scorable(task.test, self.test_set(task), scorer, self.annotations(task, scorer))
+            for es in task.eval_sets:  # every evaluation set is scored (runner.evaluation)
+                scorer = self.scorer_name(task, es)
+                check_scorable(es.path, self.test_set(task, es), scorer, self.annotations(task, scorer, es))
             if not self.evaluation_only:
                 _check_train_file(task)
         self.collator = VLMCollator(self.processor, max_length=cfg.training.max_length)
@@ -308,28 +319,32 @@ class ContinualRun:
             return samples
         return text_only_samples(samples, task=task.name, policy=self.cfg.backbone.image_samples, split=split)
 
-    def test_set(self, task: TaskSpec) -> list:
-        if task.name not in self._test_sets:
-            samples = load_test(task, instruction_type=self.benchmark.instruction_type, seed=0)
+    def test_set(self, task: TaskSpec, eval_set: EvalSet | None = None) -> list:
+        """The questions of one evaluation set of ``task`` (default: its first), capped by ``max_eval_samples``."""
+        es = eval_set or task.eval_sets[0]
+        key = (task.name, es.name)
+        if key not in self._test_sets:
+            samples = load_eval_set(task, es, instruction_type=self.benchmark.instruction_type, seed=0)
             if not samples:
-                raise DataError(f"{task.test}: task {task.name!r} has no test questions; an empty test set would "
-                                "score 0 and pull down every average")
+                raise DataError(f"{es.path}: evaluation set {es.name!r} of task {task.name!r} has no test questions; "
+                                "an empty test set would score 0 and pull down every average")
             samples = self._text_only(samples, task, "test")
             # the same subset for every method and seed, so runs stay comparable
-            self._test_sets[task.name] = _subsample(samples, self.cfg.benchmark.max_eval_samples, 0)
-        return self._test_sets[task.name]
+            self._test_sets[key] = _subsample(samples, self.cfg.benchmark.max_eval_samples, 0)
+        return self._test_sets[key]
 
-    def annotations(self, task: TaskSpec, scorer: str) -> dict:
+    def annotations(self, task: TaskSpec, scorer: str, eval_set: EvalSet | None = None) -> dict:
         """The scorer's side files, loaded once; restricted to the evaluated subset when evaluation is capped.
 
         CoIN's ScienceQA scorer divides by ``pid_splits["test"]`` (a missing prediction counts as wrong), so with
         ``benchmark.max_eval_samples`` the split is cut to the evaluated questions, keeping that rule on the subset.
         """
-        key = (task.name, scorer)
+        es = eval_set or task.eval_sets[0]
+        key = (task.name, es.name, scorer)
         if key not in self._annotations:
-            ann = load_annotations(scorer, task.annotations)
+            ann = load_annotations(scorer, es.scorer_annotations)
             if self.cfg.benchmark.max_eval_samples is not None:
-                ann = restrict_to_evaluated(ann, [s.question_id for s in self.test_set(task)])
+                ann = restrict_to_evaluated(ann, [s.question_id for s in self.test_set(task, es)])
             self._annotations[key] = ann
         return self._annotations[key]
 
@@ -381,6 +396,8 @@ class ContinualRun:
         info.train_samples = samples
         from accelerate.utils import set_seed
 
+        # the planning phase (methods that have one): run under its own seed, or loaded on resume
+        plan = run_planning(self, k, info)
         # seeded per task *before* the method grows anything, so a resumed run initialises new experts identically
         set_seed(cfg.training.seed * 1000 + k)
         self.method.before_task(info)
@@ -398,9 +415,10 @@ class ContinualRun:
                       "restarts from its beginning (same result: seeds are per task)", file=sys.stderr)
         self.acc.wait_for_everyone()
         with writing(partial or self.dir.root, "step checkpoint", errnos=WRITE_ERRNOS):
-            result = self.trainer.train(info, samples, seed=cfg.training.seed * 1000 + k, step_dir=partial)
+            result = self.trainer.train(info, samples, seed=cfg.training.seed * 1000 + k, step_dir=partial,
+                                        epochs=task.epochs)  # per-task epochs (None: training.epochs)
         self.method.after_task(info, self.trainer)
-        log = {**result.__dict__, "trainable_params": n_trainable}
+        log = {**result.__dict__, "trainable_params": n_trainable, **({"plan": plan} if plan is not None else {})}
         if self.main:
             with writing(self.dir.checkpoint(k + 1, task.name), "checkpoint"):  # safetensors' I/O errors too
                 save_adapter(self.adapter, self.dir.checkpoint(k + 1, task.name),
@@ -421,49 +439,33 @@ class ContinualRun:
                                   "or start again in a new --output directory") from None
         self.adapter.model.to(self.acc.device)
 
-    def scorer_name(self, task: TaskSpec) -> str:
-        name = self.cfg.evaluation.scorers.get(task.name, task.scorer)
+    def scorer_name(self, task: TaskSpec, eval_set: EvalSet | None = None) -> str:
+        """The scorer of an evaluation set (default: the first): ``evaluation.scorers`` overrides it by
+        ``"task/set"`` or, for the task's first set, by task name."""
+        es = eval_set or task.eval_sets[0]
+        overrides = self.cfg.evaluation.scorers
+        name = overrides.get(f"{task.name}/{es.name}")
+        if name is None:
+            name = overrides.get(task.name, es.scorer) if es is task.eval_sets[0] else es.scorer
         return f"{name}-strict" if self.cfg.evaluation.scorer_variant == "strict" and not name.endswith("-strict") else name
 
     def _stored_predictions(self, path: Path, samples: list) -> list[dict]:
         """Predictions written by an earlier (killed) process, checked against the questions they answer."""
-        fix = "; delete it and rerun to generate it again"
-        try:
-            predictions = read_jsonl(path)
-        except DymoeError as err:
-            raise DataError(f"{err}{fix}") from None
-        got = [str(p.get("question_id")) for p in predictions]
-        if got != [str(s.question_id) for s in samples] or not all(isinstance(p.get("text"), str) for p in predictions):
-            raise DataError(f"{path}: holds {len(predictions)} predictions that do not answer this run's "
-                            f"{len(samples)} test questions in order{fix}")
-        return predictions
+        return read_predictions(path, samples)
 
-    def evaluate_seen(self, k: int) -> list[float]:
-        """Row k of the matrix: accuracy on tasks 1..k+1 with the current weights."""
-        ev, ctx = self.cfg.evaluation, self.adapter.context
-        ctx.policy, ctx.group_mask, ctx.recording = self.method.routing_policy("eval"), None, False
-        row = []
-        for task in self.tasks[: k + 1]:
-            samples = self.test_set(task)
-            pred_path = self.out.predictions(task.name, k + 1)
-            if pred_path.is_file():
-                predictions = self._stored_predictions(pred_path, samples)
-            else:
-                with torch.no_grad():
-                    predictions = generate_predictions(
-                        self.model, self.processor, samples, batch_size=ev.batch_size,
-                        max_new_tokens=ev.max_new_tokens, accelerator=self.acc, max_length=ev.max_length,
-                        desc=f"eval {task.name} after {k + 1}", batch_hook=self._eval_batch_hook,
-                    )
-                if self.main:
-                    atomic_write_jsonl(pred_path, predictions)
-            scorer = self.scorer_name(task)
-            result = SCORERS.get(scorer)(predictions, [s.reference for s in samples], self.annotations(task, scorer))
-            row.append(round(float(result.accuracy), 4))
-            self.acc.log({f"eval/{task.name}": result.accuracy}, step=k + 1)
-        ctx.policy, ctx.group_mask = None, None
+    stored_predictions = _stored_predictions
+
+    def evaluate_seen(self, k: int, *, regenerate: bool = False) -> list[float]:
+        """Row k of the matrix (0-based: after task k + 1): every evaluation set of the tasks seen so far (or of
+        every task, ``evaluation.tasks: all``), for the main evaluation and each variant (see
+        :mod:`dymoe.runner.evaluation`); the row's scores go to ``scores/after_<k+1>.json``, the main cells are
+        returned."""
+        rows = evaluate_row(self, k, regenerate=regenerate)
+        save_scores(self, k, rows)
+        row = rows[""].cells
         if self.main:
-            cells = "  ".join(f"{n}={a:.2f}" for n, a in zip(self.names, row))
+            shown = [self.names[j] for j in evaluated_tasks(self, k)]
+            cells = "  ".join(f"{n}={a:.2f}" for n, a in zip(shown, row))
             print(f"after task {k + 1}/{len(self.tasks)} ({self.names[k]}): {cells}", file=sys.stderr)
         self.acc.wait_for_everyone()
         return row
@@ -486,11 +488,7 @@ class ContinualRun:
             ks = sorted(set(ks) | set(range(len(rows) + 1, max(ks))))  # a matrix has no gaps
             for k in ks:
                 self._load_checkpoint(k)
-                if self.main:
-                    for task in self.tasks[:k]:
-                        self.out.predictions(task.name, k).unlink(missing_ok=True)
-                self.acc.wait_for_everyone()
-                row = self.evaluate_seen(k - 1)
+                row = self.evaluate_seen(k - 1, regenerate=True)
                 rows = rows[: k - 1] + [row] + rows[k:] if len(rows) >= k else rows + [row]
             self.write_results(rows, self.dir.train_log(self.names, done))
             if self.main:
@@ -499,25 +497,25 @@ class ContinualRun:
         finally:
             self.close()
 
-    def _eval_batch_hook(self, batch: dict) -> None:
-        self.adapter.context.group_mask = self.method.group_mask(batch, "eval")
-
     def write_results(self, rows: list[list[float]], train_log: dict) -> None:
         if not self.main:
             return
-        names = self.names[: len(rows)]
-        save_matrix(self.out.matrix, names, rows)
+        full = self.cfg.evaluation.tasks == "all"
+        names = self.names if full else self.names[: len(rows)]
+        save_matrix(self.out.matrix, names, rows, full=full, max_cell=_max_cell(rows))
+        lower = [r[: j + 1] for j, r in enumerate(rows)]  # the seen-tasks part (CoIN's metrics)
         metrics = {
             "method": self.cfg.method_name,
             "label": self.cfg.display_label,
             "seed": self.cfg.training.seed,
-            "trainable_params": train_log.get(names[-1], {}).get("trainable_params", 0),
+            "trainable_params": train_log.get(self.names[len(rows) - 1], {}).get("trainable_params", 0),
             "total_adapter_params": self.adapter.num_parameters(),
-            **summarize(rows),
+            **summarize(lower),
             "final": dict(zip(names, rows[-1])),
             "complete": len(rows) == len(self.names),
             "train": {n: train_log[n] for n in self.names if n in train_log},
         }
+        metrics.update(self._evaluation_results(rows))
         atomic_write_json(self.out.metrics, metrics)
         try:
             from dymoe.runner.report import write_report
@@ -525,6 +523,42 @@ class ContinualRun:
             write_report(self.out.root)
         except ImportError:  # pragma: no cover - report module missing in a partial install
             pass
+
+    def _evaluation_results(self, rows: list[list[float]]) -> dict:
+        """The ``metrics.json`` entries beyond CoIN's (from ``scores/after_<k>.json``): the run's metric
+        definition, every evaluation set's numbers per row, each variant's matrix and summary and each variant's
+        task-locator report per row (only what applies: a CoIN run without variants or locator adds just
+        ``metric``)."""
+        n_rows, full = len(rows), self.cfg.evaluation.tasks == "all"
+        scores = [load_scores(self.out, k) or {} for k in range(1, n_rows + 1)]
+        variants = variants_of(self.method, self.cfg.evaluation.variants)
+        out: dict = {}
+        sets = {f"after_task_{k + 1}": sc["variants"][""]["sets"] for k, sc in enumerate(scores)
+                if sc.get("variants", {}).get("")}
+        if any(len(t.eval_sets) > 1 or t.eval_sets[0].format != "coin" for t in self.tasks) or any(
+                s for row in sets.values() for task in row.values() for s in task.values() if "metrics" in s):
+            out["eval_sets"] = {"combine": COMBINE_RULE, **sets}
+        matrices = {"": rows}
+        for v in variants[1:]:
+            vrows = [sc.get("variants", {}).get(v, {}).get("cells") for sc in scores]
+            if all(r is not None for r in vrows):
+                matrices[v] = vrows
+                names = self.names if full else self.names[:n_rows]
+                save_matrix(variant_dir(self.out, v).matrix, names, vrows, full=full, max_cell=_max_cell(vrows))
+        out["metric"] = {"definition": self.cfg.evaluation.metric,
+                         **metric_summary(self.cfg.evaluation.metric, rows, matrices, self.method)}
+        if len(matrices) > 1:
+            out["variants"] = {v: {"matrix": m, **summarize([r[: j + 1] for j, r in enumerate(m)]),
+                                   "metric": metric_summary(self.cfg.evaluation.metric, m, matrices, self.method)}
+                               for v, m in matrices.items() if v}
+        locators = {}
+        for k, sc in enumerate(scores):
+            for v, vr in sc.get("variants", {}).items():
+                if vr.get("locator"):
+                    locators.setdefault(v or "main", {})[f"after_task_{k + 1}"] = vr["locator"]
+        if locators:
+            out["locator"] = {"name": self.method.locator_name, **locators}
+        return out
 
     def _read_metrics(self) -> dict:
         try:
@@ -542,6 +576,30 @@ def _check_train_file(task: TaskSpec) -> None:
             read_json_rows(path)  # the DataError that names what is wrong (missing, a directory, ...)
         if path.stat().st_size < 4096 and not read_json_rows(path):
             raise DataError(f"{path}: task {task.name!r} has no training rows; it would train 0 steps")
+
+
+def _max_cell(rows: list[list[float]]) -> float | None:
+    """100 (percentages) unless a cell is above it (CIDEr x 100): then no upper bound is stored."""
+    return None if any(c > 100.0 for r in rows for c in r) else 100.0
+
+
+def metric_summary(definition: str, rows: list[list[float]], matrices: dict[str, list], method) -> dict:
+    """The run's metric definition over a matrix (``rows``: lower-triangular or full): ``coin`` and ``cmoe`` read
+    the seen-tasks part; ``cmoe`` takes Immediate from the method's ``immediate_variant`` when it has one (CMoE's
+    oracle router), else the diagonal; ``dmole`` needs the full matrix."""
+    lower = [r[: j + 1] for j, r in enumerate(rows)]
+    if definition == "dmole":
+        if len(rows[0]) != len(rows[-1]) or len(rows) != len(rows[0]):
+            return {"note": "D-MoLE's AVG/Last/BWT need the full N x N matrix of a complete run"}
+        return METRICS.get("dmole")(rows)
+    if definition == "cmoe":
+        imm_from = getattr(method, "immediate_variant", None)
+        imm = None
+        if imm_from and imm_from in matrices:
+            m = matrices[imm_from]
+            imm = [m[i][i] for i in range(len(m))]
+        return {**METRICS.get("cmoe")(lower, immediate=imm), "immediate_from": imm_from if imm else "diagonal"}
+    return METRICS.get(definition)(lower)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

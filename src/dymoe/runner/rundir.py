@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - Windows
 LOCK_FILE = ".lock"
 # what a run writes at the top of its directory, and the folders it owns (temporaries are looked for only there)
 RUN_FILES = ("config.yaml", "env.json", "matrix.json", "metrics.json", "report.md", "train_steps.jsonl")
-RUN_FOLDERS = ("checkpoints", "predictions", "plots", "evals")
+RUN_FOLDERS = ("checkpoints", "predictions", "plots", "evals", "scores", "variants")
 
 
 def _safe(name: str) -> str:
