@@ -53,7 +53,8 @@ KEY_SETTINGS: tuple[str, ...] = (
     "training.epochs", "training.global_batch_size", "training.batch_size", "training.grad_accum", "training.lr",
     "training.schedule",
     "training.warmup_ratio", "training.max_length", "training.seed",
-    "evaluation.scorer_variant", "evaluation.max_new_tokens",
+    "evaluation.scorer_variant", "evaluation.max_new_tokens", "evaluation.tasks", "evaluation.metric",
+    "evaluation.variants",
     "replay.samples_per_task", "mixed_precision",
 )  # fmt: skip
 
@@ -65,7 +66,8 @@ class RunSummary:
     Attributes:
         tasks: the trained tasks, in training order (one per matrix row).
         planned: every task of the run's sequence (longer than ``tasks`` for a run in progress).
-        matrix: the lower-triangular accuracy matrix (percent).
+        matrix: the lower-triangular accuracy matrix (percent): the seen-tasks part of a full matrix.
+        full_matrix: every task after every stage (``evaluation.tasks: all``), or None.
         metrics: :func:`dymoe.eval.metrics.summarize` of ``matrix``.
         info: ``metrics.json`` as written by the runner (``{}`` if absent).
         config: ``config.yaml`` as a plain mapping (``{}`` if absent).
@@ -80,6 +82,7 @@ class RunSummary:
     info: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
+    full_matrix: list[list[float]] | None = None
 
     @property
     def method(self) -> str:
@@ -158,6 +161,9 @@ def load_run(run_dir: str | os.PathLike) -> RunSummary:
         raise DataError(f"run directory {run_dir} does not exist")
     all_tasks, matrix = load_matrix(run_dir / "matrix.json")
     tasks = all_tasks[: len(matrix)]
+    full = None
+    if matrix and len(matrix[0]) > 1:  # every task after every stage (evaluation.tasks: all): the seen part
+        full, matrix = matrix, [row[: j + 1] for j, row in enumerate(matrix)]
     config = _read_yaml(run_dir / "config.yaml")
     planned = list(all_tasks)
     if len(planned) == len(tasks):
@@ -173,6 +179,7 @@ def load_run(run_dir: str | os.PathLike) -> RunSummary:
         info=_read_json(run_dir / "metrics.json"),
         config=config,
         env=_read_json(run_dir / "env.json"),
+        full_matrix=full,
     )
 
 
@@ -231,6 +238,66 @@ PLOT_FILES: dict[str, str] = {
 }
 
 
+def _summary_cells(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k not in ("T",)]
+
+
+def _evaluation_sections(run: RunSummary) -> list[str]:
+    """The sections a run has beyond CoIN's: the full matrix, the metric definition, evaluation sets, variants and
+    the task locator (from ``metrics.json``; see :mod:`dymoe.runner.evaluation`)."""
+    info, lines = run.info, []
+    if run.full_matrix is not None:
+        lines += ["", "## Every task after every stage (%)", "",
+                  "Row *j*: after training task *j*; columns: every task, unseen ones included.", ""]
+        lines += _matrix_table(run.planned, run.full_matrix)
+    metric = info.get("metric") or {}
+    if metric and metric.get("definition", "coin") != "coin":
+        cells = _summary_cells(metric)
+        lines += ["", f"## Metrics ({metric['definition']} definition)", ""]
+        if metric.get("immediate_from"):
+            lines += [f"Immediate from: {metric['immediate_from']}.", ""]
+        lines += ["| " + " | ".join(k for k, _ in cells) + " |", "|" + "---:|" * len(cells),
+                  "| " + " | ".join(_fmt(v) for _, v in cells) + " |"]
+        if metric.get("note"):
+            lines += ["", str(metric["note"])]
+    sets = info.get("eval_sets") or {}
+    rows = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in sets.items() if k.startswith("after_task_"))
+    if rows:
+        after, per_task = rows[-1]
+        lines += ["", f"## Evaluation sets (after task {after})", "",
+                  f"A task's matrix cell is the {sets.get('combine', 'mean of its sets')}.", "",
+                  "| task | set | scorer | headline | score | n | other numbers |", "|---|---|---|---|---:|---:|---|"]
+        for task, by_set in per_task.items():
+            for name, sc in by_set.items():
+                other = ", ".join(f"{k} {_fmt(v) if isinstance(v, (int, float)) else v}"
+                                  for k, v in (sc.get("metrics") or {}).items())
+                lines.append(f"| {_cell(task)} | {_cell(name)} | {sc.get('scorer', '')} | {sc.get('headline', '')} "
+                             f"| {_fmt(sc.get('score'))} | {sc.get('n', '')} | {_cell(other)} |")
+    for variant, v in (info.get("variants") or {}).items():
+        lines += ["", f"## Variant: {variant} (%)", ""]
+        lines += _matrix_table(run.planned if len(v["matrix"][0]) > 1 else run.tasks, v["matrix"])
+        cells = [(k, v.get(k)) for k in ("MFT", "MFN", "MAA", "BWT", "forgetting")]
+        lines += ["", "| " + " | ".join(k for k, _ in cells) + " |", "|" + "---:|" * len(cells),
+                  "| " + " | ".join(_fmt(x) for _, x in cells) + " |"]
+    locator = info.get("locator") or {}
+    for variant, by_row in locator.items():
+        if variant == "name" or not isinstance(by_row, Mapping) or not by_row:
+            continue
+        after = max(int(k.rsplit("_", 1)[1]) for k in by_row)
+        rep = by_row[f"after_task_{after}"]
+        cols = rep.get("tasks", [])
+        lines += ["", f"## Task locator {locator.get('name', '')} ({variant}, after task {after})", "",
+                  "Share of each test set routed to its own task; confusion: rows = true task, columns = the task "
+                  "the locator chose.", "",
+                  "| task | samples | accuracy | " + " | ".join(cols) + " |", "|---|---:|---:|" + "---:|" * len(cols)]
+        for t, row in zip(rep.get("accuracy", {}), rep.get("confusion", [])):
+            lines.append(f"| {t} | {rep['samples'].get(t, '')} | {_fmt(rep['accuracy'][t])} | "
+                         + " | ".join(str(c) for c in row) + " |")
+        lines.append(f"| mean | | {_fmt(rep.get('mean'))} |" + " |" * len(cols))
+    return lines
+
+
 def render_report(run: RunSummary) -> str:
     """The Markdown text of ``report.md`` for a loaded run (see :func:`write_report`)."""
     m, info = run.metrics, run.info
@@ -268,6 +335,7 @@ def render_report(run: RunSummary) -> str:
         lines += ["", "BWT and forgetting need at least two tasks."]
     lines += ["", f"## Final accuracy per task (%, after {run.tasks[-1]})", "", "| task | accuracy |", "|---|---:|"]
     lines += [f"| {t} | {_fmt(a)} |" for t, a in run.final.items()]
+    lines += _evaluation_sections(run)
     lines += ["", "## Plots", ""]
     lines += [f"- [{name}]({rel})" for name, rel in PLOT_FILES.items()]
     lines += ["", f"![accuracy matrix]({PLOT_FILES['accuracy matrix']})", ""]
@@ -349,6 +417,26 @@ def mean_final_accuracy(
     }
 
 
+def _definition_value(run: RunSummary, column: str) -> float | None:
+    definition, key = column.split(":", 1)
+    metric = run.info.get("metric") or {}
+    value = metric.get(key) if metric.get("definition") == definition else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _definition_columns(runs: Sequence[RunSummary]) -> list[str]:
+    """``definition:key`` columns of the runs' metric definition (``evaluation.metric``) when it is not CoIN's
+    (e.g. ``cmoe:BWT``, ``dmole:AVG``); the runs must share it."""
+    defs = {(r.info.get("metric") or {}).get("definition", "coin") for r in runs}
+    if len(defs) > 1:
+        raise DymoeError(f"runs use different metric definitions {sorted(defs)} (evaluation.metric); compare runs "
+                         "of one definition")
+    (definition,) = defs
+    if definition == "coin":
+        return []
+    return [f"{definition}:{k}" for k, _ in _summary_cells(runs[0].info["metric"])]
+
+
 def compare_runs(
     run_dirs: Sequence[str | os.PathLike],
     *,
@@ -359,7 +447,8 @@ def compare_runs(
 
     One row per group (``group_by="label"``: the ``label`` of metrics.json, falling back to the method name;
     ``"method"``: the method name), in order of first appearance. Columns: ``n`` (runs in the group), the final
-    accuracy of each task in the training order of the first run, then MFN, MAA, BWT. A group of several runs
+    accuracy of each task in the training order of the first run, then MFN, MAA, BWT, then, when the runs' metric
+    definition (``evaluation.metric``) is not CoIN's, its numbers as ``definition:key`` (``cmoe:BWT``). A group of several runs
     (seeds) shows ``mean ± std`` with the sample standard deviation (ddof = 1); a single run shows its value.
     ``reference`` rows (``{label: {task or metric: value}}``, e.g. the paper's numbers) follow as
     ``"<label> (paper)"``; a cell they do not give is empty.
@@ -374,14 +463,16 @@ def compare_runs(
     """
     runs = _load_comparable(run_dirs)
     tasks = runs[0].tasks
-    columns = [*tasks, *COMPARE_METRICS]
+    extra = _definition_columns(runs)
+    columns = [*tasks, *COMPARE_METRICS, *extra]
     rows: list[tuple[str, int, str, dict[str, tuple[float | None, float | None]]]] = []
     for label, group in _group(runs, group_by).items():
         cells = {t: _stats([r.final[t] for r in group]) for t in tasks}
         cells.update({k: _stats([r.metrics[k] for r in group]) for k in COMPARE_METRICS})
+        cells.update({c: _stats([_definition_value(r, c) for r in group]) for c in extra})
         rows.append((label, len(group), "measured", cells))
     for label, values in (reference or {}).items():
-        unknown = sorted(set(values) - set(tasks) - _REFERENCE_KEYS)
+        unknown = sorted(set(values) - set(tasks) - _REFERENCE_KEYS - set(extra))
         if unknown:
             raise DymoeError(
                 f"reference row {label!r}: unknown columns {unknown}; expected tasks {tasks} or {sorted(_REFERENCE_KEYS)}"
