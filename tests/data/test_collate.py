@@ -12,7 +12,7 @@ from PIL import Image
 
 from dymoe.data.coin import TestSample as CoinTestSample  # aliased: pytest would try to collect Test*
 from dymoe.data.coin import TrainSample
-from dymoe.data.collate import VLMCollator, build_generation_batch, build_prompt
+from dymoe.data.collate import VLMCollator, build_generation_batch, build_prompt, split_meta
 from dymoe.data.images import expand2square
 from dymoe.errors import DataError
 
@@ -189,3 +189,27 @@ def test_undecodable_image_names_the_sample(processor, tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="sample 'x7': image .*bad.jpg does not decode"):
         VLMCollator(processor, max_length=64)([TrainSample("x7", bad, [("Q?", "A")])])
+
+
+def test_batches_carry_sample_indices_after_the_collators_drops(processor, images):
+    """``sample_index`` names each kept row's sample; ``image_sample`` the row of each image; the model inputs are
+    exactly those of a batch collated without indices."""
+    text = TrainSample("t", None, [("Say hi", "hi")])
+    img = TrainSample("i", images["square"], [("What is it?", "cat")])
+    long_img = TrainSample("x", images["wide"], [("What is it?", "dog")])
+    collator = VLMCollator(processor, max_length=512)
+    plain = collator([text, img, long_img])
+    batch = collator([text, img, long_img], indices=[7, 3, 11])
+    inputs, meta = split_meta(batch)
+    assert inputs.keys() == plain.keys() and all(torch.equal(inputs[k], plain[k]) for k in plain)
+    assert meta["sample_index"].tolist() == [7, 3, 11]
+    assert meta["image_sample"].tolist() == [1, 2]  # rows with an image, in pixel_values order
+    assert inputs["pixel_values"].shape[0] == 2
+    # a dropped sample (its image tokens exceed max_length) leaves the batch with its index
+    tiny = VLMCollator(processor, max_length=N_IMG_TOKENS)  # BOS + "USER: " + 16 image tokens do not fit
+    kept = tiny([img, text], indices=[9, 5])
+    assert tiny.num_dropped == 1 and kept["sample_index"].tolist() == [5] and kept["image_sample"].tolist() == []
+    assert split_meta(plain) == (plain, {})
+    gen = build_generation_batch(processor, [CoinTestSample(1, images["square"], "Q?", {}),
+                                             CoinTestSample(2, None, "Q2?", {})], max_length=512, indices=[4, 0])
+    assert gen["sample_index"].tolist() == [4, 0] and gen["image_sample"].tolist() == [0]

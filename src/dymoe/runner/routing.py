@@ -70,10 +70,10 @@ def locator_report(true_tasks: Sequence[int], predicted: Sequence[int], names: S
         row[int(p) if 0 <= int(p) < n else n] += 1
     evaluated = sorted(counts)
     other = any(counts[t][n] for t in evaluated)
-    acc = {names[t]: round(100.0 * counts[t][t] / max(sum(counts[t]), 1), 2) for t in evaluated}
+    exact = {names[t]: 100.0 * counts[t][t] / max(sum(counts[t]), 1) for t in evaluated}
     out = {
-        "accuracy": acc,
-        "mean": round(sum(acc.values()) / len(acc), 2) if acc else None,
+        "accuracy": {t: round(a, 2) for t, a in exact.items()},
+        "mean": round(sum(exact.values()) / len(exact), 2) if exact else None,
         "samples": {names[t]: sum(counts[t]) for t in evaluated},
         "predicted": {names[t]: counts[t] if other else counts[t][:n] for t in evaluated},
         "confusion": [counts[t] if other else counts[t][:n] for t in evaluated],
