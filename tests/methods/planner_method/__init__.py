@@ -143,8 +143,10 @@ class PlannerMethod(IncMoELoRA):
         ctx = self.adapter.context
         old = ctx.bypass
         ctx.bypass = True
+        am = batch["attention_mask"]
+        positions = (am.long().cumsum(-1) - 1).clamp_min(0)  # left padding: positions count real tokens only
         try:
-            out = self.model(**batch, output_hidden_states=True)
+            out = self.model(**batch, position_ids=positions, output_hidden_states=True)
         finally:
             ctx.bypass = old
         feats = out.hidden_states[-1][:, -1].float()  # [B, d]
