@@ -25,6 +25,8 @@ from dymoe.runner.continual import run
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
+sys.path.insert(0, str(ROOT / "tests" / "methods"))
+from planner_method import PlannerMethod  # noqa: E402  (the test method package: planning phase, locator)
 
 COMMON = [
     "benchmark.order=[ScienceQA, ImageNet]",
@@ -60,8 +62,9 @@ class ProjectedIncMoELoRA(IncMoELoRA):
         return {"proj": 1e-2 * (self.owned_modules["proj"](emb) - 1.0).pow(2).mean()}
 
 
-# every registered method, plus the test method (registered by main(), in the worker process only)
-CASES: dict[str, list[str]] = {name: [f"method.name={name}"] for name in [*METHODS.names(), ProjectedIncMoELoRA.name]}
+# every registered method, plus the test methods (registered by main(), in the worker process only)
+CASES: dict[str, list[str]] = {name: [f"method.name={name}"]
+                               for name in [*METHODS.names(), ProjectedIncMoELoRA.name, PlannerMethod.name]}
 CASES["incmoelora+replay"] = ["method.name=incmoelora", "replay.samples_per_task=2"]
 CASES["dymoe+prune"] = ["method.name=dymoe", "method.prune_fraction=0.25"]
 
@@ -96,8 +99,9 @@ def step_rows(run_dir: Path) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
-    if ProjectedIncMoELoRA.name not in METHODS.names():
-        METHODS.add(ProjectedIncMoELoRA.name, ProjectedIncMoELoRA)
+    for cls in (ProjectedIncMoELoRA, PlannerMethod):
+        if cls.name not in METHODS.names():
+            METHODS.add(cls.name, cls)
     out = Path(argv[0])
     names = argv[1].split(",") if len(argv) > 1 and argv[1] else list(CASES)
     for name in names:

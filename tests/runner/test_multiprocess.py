@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -82,6 +83,27 @@ def test_two_processes_train_the_one_process_adapter(runs, case):
     # and the training moved the weights: the one-process adapter is not the untrained one
     b = [t for n, t in _tensors(one, 1, "ScienceQA").items() if n.endswith("_B") and t.numel()]
     assert b and any(float(t.abs().max()) > 0 for t in b)
+
+
+def test_two_processes_plan_what_one_process_plans(runs):
+    """The planning phase (probe training on a subset, feature pass sharded over the processes and gathered in
+    sample order) decides the same on two processes as on one; so do the task locator's routed tasks."""
+    from safetensors.torch import load_file
+
+    for k, task in ((1, "ScienceQA"), (2, "ImageNet")):
+        one, two = (load_file(str(runs[r] / "test-planner" / "checkpoints" / f"task_{k}_{task}.plan" /
+                                  "plan_state.safetensors")) for r in ("single", "double"))
+        assert one.keys() == two.keys() and one["prototypes"].shape[0] == k
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-5)
+    for task in ("ScienceQA", "ImageNet"):
+        rows = [[r["routed_task"] for r in _rows(runs[d] / "test-planner" / "predictions" / task / "after_2.jsonl")]
+                for d in ("single", "double")]
+        assert rows[0] == rows[1] and rows[0]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("case", ["lora", "incmoelora+replay"])

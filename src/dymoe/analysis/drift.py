@@ -164,16 +164,15 @@ def _accuracy(run: Any, task: Any, desc: str) -> float:
     from dymoe.eval.generate import generate_predictions
     from dymoe.eval.scorers import SCORERS, load_annotations
 
+    from dymoe.runner.routing import EvalRouting
+
     ev, ctx = run.cfg.evaluation, run.adapter.context
     saved = (ctx.policy, ctx.group_mask, ctx.recording)
-    ctx.policy, ctx.group_mask, ctx.recording = run.method.routing_policy("eval"), None, False
-
-    def hook(batch: dict) -> None:
-        ctx.group_mask = run.method.group_mask(batch, "eval")
-
     samples = run.test_set(task)
     try:
-        with torch.no_grad():
+        # the runner's evaluation routing (routing policy, group mask and the method's per-batch routing)
+        with torch.no_grad(), EvalRouting(run.method, ctx) as hook:
+            hook.begin(task_index=run.names.index(task.name), task=task.name, eval_set=task.eval_sets[0].name)
             preds = generate_predictions(
                 run.model, run.processor, samples, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
                 accelerator=run.acc, max_length=ev.max_length, desc=desc, batch_hook=hook,

@@ -112,11 +112,9 @@ class TaskSpec:
     ``annotations`` describe the *first* training file and the *first* evaluation set (for a CoIN task, the only
     ones). Built from the legacy fields alone, the lists hold one entry each.
 
-    What the runner consumes today (until issue 16b wires the rest): :func:`dymoe.data.coin.load_train` reads
-    **every** training file (with its ``repeat``); evaluation, the scorer and its side files use the first
-    evaluation set only (``load_test``, ``scorer``, ``annotations``). Not consumed yet: ``epochs``, the second and
-    later evaluation sets, and each set's ``max_new_tokens`` / ``min_new_tokens`` (the run's
-    ``evaluation.max_new_tokens`` applies).
+    The runner (:mod:`dymoe.runner.evaluation`) trains on every training file (with its ``repeat``) for the task's
+    ``epochs`` (else ``training.epochs``), evaluates every evaluation set with its own scorer and generation length,
+    and fills the task's matrix cell with the mean of the sets' headline numbers.
     """
 
     name: str

@@ -9,6 +9,10 @@ RUN/
   predictions/<task>/after_<k>.jsonl   raw generations for task <task> after training task k
   evals/<name>/                        re-evaluations with other evaluation settings (`dymoe eval --set ...`):
                                        their own config.yaml, matrix.json, metrics.json, report.md, predictions/
+  predictions/<task>/<set>/after_<k>.jsonl  the same per evaluation set (tasks with several)
+  scores/after_<k>.json                every set's numbers, variant cells, locator report of row k
+  checkpoints/task_<k>_<name>.plan/    the method's planning phase for task k
+  variants/<name>/                     an evaluation variant's matrix.json and predictions/
   logs/                                TensorBoard
 ```
 
