@@ -196,3 +196,25 @@ def test_evaluation_config_choices_are_the_registry_and_dmole_needs_the_full_mat
     cfg = load_config(None, ["method.name=lora", "evaluation.metric=dmole", "evaluation.tasks=all"])
     assert cfg.evaluation.tasks == "all" and cfg.evaluation.variants is None
     assert json.dumps(cfg.to_dict())  # serialisable (config.yaml)
+
+
+def test_a_run_stored_before_the_new_evaluation_settings_resumes(tmp_path):
+    """config.yaml of a run made before evaluation.tasks/metric/variants existed equals the same config now (the
+    settings at their defaults); another value is still a different config."""
+    import yaml
+
+    from dymoe.config import dump_config
+
+    cfg = load_config(None, ["method.name=lora", "trackers=[]"])
+    old = yaml.safe_load(dump_config(cfg))
+    for key in ("tasks", "metric", "variants"):
+        del old["evaluation"][key]
+    rd = RunDir(tmp_path / "run")
+    rd.root.mkdir()
+    rd.config.write_text(yaml.safe_dump(old))
+    (rd.root / "predictions" / "A").mkdir(parents=True)
+    (rd.root / "predictions" / "A" / "after_1.jsonl").write_text("{}\n")  # progress: the config must match
+    rd.check_config(dump_config(cfg))
+    other = load_config(None, ["method.name=lora", "trackers=[]", "evaluation.tasks=all"])
+    with pytest.raises(ConfigError, match="evaluation.tasks"):
+        rd.check_config(dump_config(other))

@@ -558,6 +558,10 @@ class ContinualRun:
                     locators.setdefault(v or "main", {})[f"after_task_{k + 1}"] = vr["locator"]
         if locators:
             out["locator"] = {"name": self.method.locator_name, **locators}
+        method_eval = {f"after_task_{k + 1}": sc["variants"][""]["method_eval"] for k, sc in enumerate(scores)
+                       if sc.get("variants", {}).get("", {}).get("method_eval")}
+        if method_eval:  # a method's own measurements per row (e.g. DyMoE's task router, issue 14's keys)
+            out["method_eval"] = method_eval
         return out
 
     def _read_metrics(self) -> dict:

@@ -49,11 +49,14 @@ class VariantRow:
     cells: list[float]
     sets: dict[str, dict[str, dict]] = field(default_factory=dict)
     locator: dict | None = None
+    method_eval: dict | None = None
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"cells": self.cells, "sets": self.sets}
         if self.locator is not None:
             out["locator"] = self.locator
+        if self.method_eval:
+            out["method_eval"] = self.method_eval
         return out
 
 
@@ -124,7 +127,8 @@ def evaluate_row(run: Any, k: int, *, regenerate: bool = False) -> dict[str, Var
         with EvalRouting(run.method, run.adapter.context) as hook:
             for j in evaluated_tasks(run, k):
                 task = run.tasks[j]
-                if hasattr(run.method, "begin_evaluation"):
+                if not variant and hasattr(run.method, "begin_evaluation"):
+                    # a method's own evaluation measurements (DyMoE's task router, issue 14): main variant only
                     run.method.begin_evaluation(j, task.name)
                 headlines = []
                 for es in task.eval_sets:
@@ -163,6 +167,8 @@ def evaluate_row(run: Any, k: int, *, regenerate: bool = False) -> dict[str, Var
                 acc.log({tag: cell}, step=k + 1)
         if routed:
             row.locator = locator_report(true_tasks, routed, names)
+        if not variant and hasattr(run.method, "evaluation_metrics"):
+            row.method_eval = run.method.evaluation_metrics()  # every process calls it (it may all-reduce)
         result[variant] = row
     return result
 

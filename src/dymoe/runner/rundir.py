@@ -163,7 +163,7 @@ class RunDir:
                 f"{err}. This run directory holds results, and its config.yaml must describe them: restore the "
                 "file or choose a new --output directory"
             ) from None
-        diff = _first_difference(old, new)
+        diff = _first_difference(_with_new_defaults(old), new)
         if diff is None:
             return
         if not progress:
@@ -236,6 +236,26 @@ class RunDir:
                     shutil.rmtree(part, ignore_errors=True)
                     removed.append(part)
         return removed
+
+
+def _with_new_defaults(old):
+    """A stored config with the settings added since it was written (absent from it) at their defaults, so that a
+    run started before a setting existed resumes: ``evaluation.tasks``/``metric``/``variants`` (issue 16)."""
+    if not isinstance(old, dict):
+        return old
+    from dymoe.config import RunConfig
+
+    defaults = RunConfig().to_dict()
+    out = dict(old)
+    for section, values in defaults.items():
+        if isinstance(values, dict) and isinstance(out.get(section), dict) and section != "method":
+            out[section] = {**{k: v for k, v in values.items() if k in _ADDED_SETTINGS.get(section, ())},
+                            **out[section]}
+    return out
+
+
+# settings added to the config after runs were made with it: absent from an older config.yaml = their default
+_ADDED_SETTINGS = {"evaluation": ("tasks", "metric", "variants")}
 
 
 def _first_difference(a, b, prefix: str = "") -> str | None:
