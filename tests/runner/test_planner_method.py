@@ -32,8 +32,8 @@ TASKS = ["ScienceQA", "ImageNet"]
 SETTINGS = [
     "method.name=test-planner",
     f"benchmark.order=[{', '.join(TASKS)}]",
-    "benchmark.max_train_samples=16",
-    "benchmark.max_eval_samples=6",
+    "benchmark.max_train_samples=8",
+    "benchmark.max_eval_samples=4",
     "training.batch_size=4",
     "evaluation.metric=cmoe",
     "trackers=[]",
@@ -63,10 +63,10 @@ def test_planning_phase_is_saved_with_its_own_training(finished):
     for k, task in enumerate(TASKS, start=1):
         plan = finished / "checkpoints" / f"task_{k}_{task}.plan"
         summary = json.loads((plan / "plan.json").read_text())
-        # 50 % of 16 samples at global batch 4: 2 steps at the probe's own learning rate
-        assert summary["train"] == [{"steps": 2, "samples": 8, "lr": 5e-3, "epochs": 1.0,
+        # 50 % of 8 samples at global batch 4: 1 step at the probe's own learning rate
+        assert summary["train"] == [{"steps": 1, "samples": 4, "lr": 5e-3, "epochs": 1.0,
                                      "final_loss": summary["train"][0]["final_loss"]}]
-        assert summary["log"]["features"] == [16, 64]  # every training sample, hidden size 64
+        assert summary["log"]["features"] == [8, 64]  # every training sample, hidden size 64
         state = load_file(str(plan / "plan_state.safetensors"))
         assert state["prototypes"].shape == (k, 64)
     metrics = json.loads((finished / "metrics.json").read_text())
@@ -159,7 +159,7 @@ def test_feature_pass_bypasses_every_expert_layer_and_keeps_sample_order(tmp_pat
     from dymoe.runner.resources import resolve_backbone_path
 
     register()
-    cfg = load_config(SMOKE, SETTINGS + ["benchmark.max_train_samples=6"])
+    cfg = load_config(SMOKE, SETTINGS)
     run = ContinualRun(cfg, tmp_path / "run")
     run.setup()
     task = run.tasks[1]

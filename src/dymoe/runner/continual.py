@@ -326,8 +326,9 @@ class ContinualRun:
         if key not in self._test_sets:
             samples = load_eval_set(task, es, instruction_type=self.benchmark.instruction_type, seed=0)
             if not samples:
-                raise DataError(f"{es.path}: evaluation set {es.name!r} of task {task.name!r} has no test questions; "
-                                "an empty test set would score 0 and pull down every average")
+                which = f" (evaluation set {es.name!r})" if len(task.eval_sets) > 1 else ""
+                raise DataError(f"{es.path}: task {task.name!r} has no test questions{which}; an empty test set would "
+                                "score 0 and pull down every average")
             samples = self._text_only(samples, task, "test")
             # the same subset for every method and seed, so runs stay comparable
             self._test_sets[key] = _subsample(samples, self.cfg.benchmark.max_eval_samples, 0)
