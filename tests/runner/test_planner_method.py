@@ -64,7 +64,7 @@ def test_planning_phase_is_saved_with_its_own_training(finished):
         plan = finished / "checkpoints" / f"task_{k}_{task}.plan"
         summary = json.loads((plan / "plan.json").read_text())
         # 50 % of 8 samples at global batch 4: 1 step at the probe's own learning rate
-        assert summary["train"] == [{"steps": 1, "samples": 4, "lr": 5e-3, "epochs": 1.0,
+        assert summary["train"] == [{"steps": 1, "samples": 4, "lr": 5e-3, "epochs": 1.0, "schedule": "constant",
                                      "final_loss": summary["train"][0]["final_loss"]}]
         assert summary["log"]["features"] == [8, 64]  # every training sample, hidden size 64
         state = load_file(str(plan / "plan_state.safetensors"))

@@ -80,17 +80,21 @@ class Planner:
 
     # ------------------------------------------------------------------ training with its own parameters
     def train(self, *, lr: float, params: list[torch.nn.Parameter] | None = None, epochs: float = 1.0,
-              indices: list[int] | None = None, seed: int = 0) -> TrainResult:
+              indices: list[int] | None = None, seed: int = 0, schedule: str = "constant",
+              warmup_ratio: float = 0.0) -> TrainResult:
         """Train ``params`` (default: what the method left trainable) at ``lr`` for ``epochs`` over the samples
         ``indices`` (default: all) in the run's global batches; the method's loss terms and batch routing apply
-        (``BatchInfo.phase == "plan"``). Only what has ``requires_grad`` may change, as in training."""
+        (``BatchInfo.phase == "plan"``). Only what has ``requires_grad`` may change, as in training. The schedule
+        is the planning phase's own: constant ``lr`` without warmup unless given (``cosine``, ``linear``...)."""
         idx = list(range(len(self.samples))) if indices is None else list(indices)
         if not idx:
             raise DymoeError(f"planning of task {self.task.name!r}: no samples to train on")
         run = self.run
         result = run.trainer.train(self.task, [self.samples[i] for i in idx], seed=seed, phase="plan",
-                                   params=params, lr=lr, epochs=epochs, indices=idx)
+                                   params=params, lr=lr, epochs=epochs, indices=idx, schedule=schedule,
+                                   warmup_ratio=warmup_ratio)
         self._trained.append({"steps": result.steps, "samples": result.samples, "lr": lr, "epochs": epochs,
+                              "schedule": schedule,
                               "final_loss": result.final_loss if math.isfinite(result.final_loss) else None})
         return result
 

@@ -275,6 +275,8 @@ class TaskTrainer:
         lr: float | None = None,
         epochs: float | None = None,
         indices: list[int] | None = None,
+        schedule: str | None = None,
+        warmup_ratio: float | None = None,
     ) -> TrainResult:
         """Train on ``samples``; ``step_dir`` (if given) holds/receives mid-task step checkpoints.
 
@@ -283,8 +285,9 @@ class TaskTrainer:
 
         The planning phase trains through the same loop with ``phase="plan"``, its own ``params`` (default: the
         adapter's trainable tensors and the method's registered modules), ``lr`` and ``epochs`` (defaults:
-        ``training.lr`` / the task's epochs), without step checkpoints or the per-step log; ``indices`` are the
-        samples' indices reported to :meth:`Method.batch_routing` (default: their positions in ``samples``).
+        ``training.lr`` / the task's epochs) and schedule (``schedule``, ``warmup_ratio``; defaults: the training
+        config's), without step checkpoints or the per-step log; ``indices`` are the samples' indices reported to
+        :meth:`Method.batch_routing` (default: their positions in ``samples``).
         """
         cfg, acc, lay = self.cfg, self.acc, self.batching
         self.samples = samples
@@ -305,10 +308,12 @@ class TaskTrainer:
             raise DymoeError(f"method {self.method.name!r} left nothing trainable for {what}")
         optimizer = torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
         # the schedule counts global optimizer steps and is stepped here once per step (never by accelerate)
+        schedule = cfg.schedule if schedule is None else schedule
+        warmup = cfg.warmup_ratio if warmup_ratio is None else warmup_ratio
         scheduler = get_scheduler(
-            "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule,
+            "constant_with_warmup" if schedule == "constant" else schedule,
             optimizer,
-            num_warmup_steps=int(math.ceil(cfg.warmup_ratio * total)),
+            num_warmup_steps=int(math.ceil(warmup * total)),
             num_training_steps=max(total, 1),
         )
         prepared = PreparedTask(acc, self.model, optimizer, params=params, max_grad_norm=cfg.max_grad_norm,
