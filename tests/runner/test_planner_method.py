@@ -71,6 +71,14 @@ def test_planning_phase_is_saved_with_its_own_training(finished):
         assert state["prototypes"].shape == (k, 64)
     metrics = json.loads((finished / "metrics.json").read_text())
     assert metrics["train"]["ImageNet"]["plan"]["loaded"] is False
+    # parameter accounting: a group of experts per task; the adapter's tensors in the checkpoints by hand
+    p1, p2 = (metrics["train"][t]["parameters"] for t in TASKS)
+    sizes = [sum(t.numel() for t in load_file(str(finished / "checkpoints" / f"task_{k}_{t}" /
+                                                   "adapter.safetensors")).values()) for k, t in enumerate(TASKS, 1)]
+    assert [p1["total"], p2["total"]] == sizes and p2["total"] == metrics["total_adapter_params"]
+    assert p1["added"] == sizes[0] and p2["added"] == sizes[1] - sizes[0] == p2["by_group"]["1"]
+    assert p2["by_stream"] == {"text": sizes[1]} and 0 < p2["activated_per_token"] <= sizes[1]
+    assert "## Parameters per task" in (finished / "report.md").read_text()
     # the probe trained in the planning phase only: its tensors are the plan's in both task checkpoints
     s2 = load_file(str(finished / "checkpoints" / "task_2_ImageNet.plan" / "plan_state.safetensors"))
     m2 = load_file(str(finished / "checkpoints" / "task_2_ImageNet" / "method_state.safetensors"))

@@ -37,6 +37,7 @@ from dymoe.data.tasks import Benchmark, EvalSet, TaskSpec, load_benchmark
 from dymoe.errors import CheckpointError, ConfigError, DataError, DymoeError, OutputError
 from dymoe.eval.metrics import METRICS, save_matrix, summarize
 from dymoe.eval.scorers import SCORERS, load_annotations
+from dymoe.injection.accounting import parameter_report
 from dymoe.injection.inject import inject
 from dymoe.injection.state import load_adapter_into, load_method_state, save_adapter
 from dymoe.io import (
@@ -397,6 +398,7 @@ class ContinualRun:
         info.train_samples = samples
         from accelerate.utils import set_seed
 
+        params_before = parameter_report(self.adapter)["total"]
         # the planning phase (methods that have one): run under its own seed, or loaded on resume
         plan = run_planning(self, k, info)
         # seeded per task *before* the method grows anything, so a resumed run initialises new experts identically
@@ -419,7 +421,8 @@ class ContinualRun:
             result = self.trainer.train(info, samples, seed=cfg.training.seed * 1000 + k, step_dir=partial,
                                         epochs=task.epochs)  # per-task epochs (None: training.epochs)
         self.method.after_task(info, self.trainer)
-        log = {**result.__dict__, "trainable_params": n_trainable, **({"plan": plan} if plan is not None else {})}
+        log = {**result.__dict__, "trainable_params": n_trainable, **({"plan": plan} if plan is not None else {}),
+               "parameters": task_parameters(self.adapter, params_before)}
         if self.main:
             with writing(self.dir.checkpoint(k + 1, task.name), "checkpoint"):  # safetensors' I/O errors too
                 save_adapter(self.adapter, self.dir.checkpoint(k + 1, task.name),
@@ -581,6 +584,16 @@ def _check_train_file(task: TaskSpec) -> None:
             read_json_rows(path)  # the DataError that names what is wrong (missing, a directory, ...)
         if path.stat().st_size < 4096 and not read_json_rows(path):
             raise DataError(f"{path}: task {task.name!r} has no training rows; it would train 0 steps")
+
+
+def task_parameters(adapter, before: int) -> dict:
+    """The adapter's parameter accounting after a task (:func:`dymoe.injection.accounting.parameter_report`):
+    ``total``, ``added`` (since before the task's planning and growth), ``by_group``, ``by_stream``,
+    ``activated_per_token`` and ``activated_by_stream`` (nominal: each router's top-K / group, not measured)."""
+    rep = parameter_report(adapter)
+    return {"total": rep["total"], "added": rep["total"] - before, "trainable": rep["trainable"],
+            "by_group": {str(g): n for g, n in rep["by_group"].items()}, "by_stream": rep["by_stream"],
+            "activated_per_token": rep["activated_per_token"], "activated_by_stream": rep["activated_by_stream"]}
 
 
 def _max_cell(rows: list[list[float]]) -> float | None:

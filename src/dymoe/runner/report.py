@@ -280,6 +280,19 @@ def _evaluation_sections(run: RunSummary) -> list[str]:
         cells = [(k, v.get(k)) for k in ("MFT", "MFN", "MAA", "BWT", "forgetting")]
         lines += ["", "| " + " | ".join(k for k, _ in cells) + " |", "|" + "---:|" * len(cells),
                   "| " + " | ".join(_fmt(x) for _, x in cells) + " |"]
+    params = [(t, (info.get("train") or {}).get(t, {}).get("parameters")) for t in run.tasks]
+    params = [(t, p) for t, p in params if p]
+    if params:
+        streams = sorted({s for _, p in params for s in p.get("by_stream", {})})
+        lines += ["", "## Parameters per task", "",
+                  "Adapter parameters after each task: total, added by the task, per stream, and activated per "
+                  "token (nominal: each router's top-K).", "",
+                  "| after task | total | added | " + " | ".join(streams) + " | activated/token |",
+                  "|---|---:|---:|" + "---:|" * len(streams) + "---:|"]
+        for t, p in params:
+            lines.append(f"| {t} | {p.get('total', 0):,} | {p.get('added', 0):,} | "
+                         + " | ".join(f"{p.get('by_stream', {}).get(s, 0):,}" for s in streams)
+                         + f" | {p.get('activated_per_token', 0):,.0f} |")
     locator = info.get("locator") or {}
     for variant, by_row in locator.items():
         if variant == "name" or not isinstance(by_row, Mapping) or not by_row:

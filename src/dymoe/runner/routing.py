@@ -23,6 +23,16 @@ __all__ = ["EvalRouting", "apply_batch_routing", "locator_report", "restore_rout
 _NOT_INPUTS = {"observers", "recording", "attention_mask"}
 
 
+def _inputs_of(context: Any) -> set[str]:
+    """The per-batch inputs of a routing context (:data:`dymoe.layers.context.INPUT_DEFAULTS` for the model's
+    context; any public attribute but the per-forward outputs for another object)."""
+    from dymoe.layers.context import INPUT_DEFAULTS, RoutingContext
+
+    if isinstance(context, RoutingContext):
+        return set(INPUT_DEFAULTS)
+    return {k for k in vars(context) if k not in _NOT_INPUTS and not k.startswith("_")}
+
+
 def apply_batch_routing(context: Any, decision: Mapping[str, Any] | None, rows: int) -> tuple[dict, torch.Tensor | None]:
     """Set ``decision``'s routing inputs on ``context``; returns ``(saved values, predicted task [B] or None)``.
 
@@ -40,8 +50,9 @@ def apply_batch_routing(context: Any, decision: Mapping[str, Any] | None, rows: 
             if predicted.numel() != rows:
                 raise DymoeError(f"batch_routing: predicted_task has {predicted.numel()} entries for {rows} batch rows")
             continue
-        if key in _NOT_INPUTS or key.startswith("_") or not hasattr(context, key):
-            known = sorted(k for k in vars(context) if k not in _NOT_INPUTS and not k.startswith("_"))
+        inputs = _inputs_of(context)
+        if key not in inputs:
+            known = sorted(inputs)
             raise DymoeError(f"batch_routing: {key!r} is not a routing input of this model's context; known: {known}")
         saved[key] = getattr(context, key)
         setattr(context, key, value)
