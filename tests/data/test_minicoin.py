@@ -268,6 +268,52 @@ def test_grounding_boxes_match_the_rendered_object_in_the_padded_square():
     assert {SQUARE, LANDSCAPE, PORTRAIT} <= seen_sizes
 
 
+def test_grounding_objects_fill_distinct_grid_cells():
+    rng = np.random.default_rng(5)
+    for size in (SQUARE, LANDSCAPE, PORTRAIT):
+        w, h = size
+        cw, ch = w // 2, h // 2
+        side_max = min(cw, ch) - 2  # square 30, landscape/portrait 22
+        for n in (1, 2, 3, 4):
+            for _ in range(20):
+                boxes = grounding.cell_boxes(rng, size, n)
+                cells = {(x0 // cw, y0 // ch) for x0, y0, _, _ in boxes}
+                assert len(boxes) == n and len(cells) == n  # one object per cell
+                for x0, y0, x1, y1 in boxes:
+                    col, row = x0 // cw, y0 // ch
+                    assert x1 - x0 == y1 - y0 and side_max - grounding.SIDE_SPREAD <= x1 - x0 <= side_max
+                    assert col * cw <= x0 and x1 <= (col + 1) * cw and row * ch <= y0 and y1 <= (row + 1) * ch
+                    # the centre sits within JITTER (+1 for the odd halves) of the cell's centre
+                    assert abs((x0 + x1) / 2 - (col + 0.5) * cw) <= grounding.JITTER + 1
+                    assert abs((y0 + y1) / 2 - (row + 0.5) * ch) <= grounding.JITTER + 1
+
+
+def test_grounding_is_solved_by_finding_the_cell():
+    """Whoever names the described object's cell and the image's aspect ratio can place a box that the CoIN scorer
+    accepts (IoU > 0.5); the box of another object's cell never passes."""
+    from dymoe.eval.scorers import score_grounding
+
+    rng = np.random.default_rng(11)
+    right, wrong, refs = [], [], []
+    for i in range(200):
+        s = grounding.make_sample(rng, "test")
+        w, h = s.truth["size"]
+        cw, ch = w // 2, h // 2
+        side = min(cw, ch) - 2 - grounding.SIDE_SPREAD // 2  # a mid-sized object, centred in its cell
+
+        def cell_answer(obj):
+            col, row = obj.box[0] // cw, obj.box[1] // ch
+            x0, y0 = col * cw + (cw - side) // 2, row * ch + (ch - side) // 2
+            return grounding.format_box(grounding.normalise_box((x0, y0, x0 + side, y0 + side), (w, h)))
+
+        other = next(o for o in s.meta["objects"] if o is not s.meta["target"])
+        right.append({"question_id": i, "text": cell_answer(s.meta["target"])})
+        wrong.append({"question_id": i, "text": cell_answer(other)})
+        refs.append({"question_id": i, **s.truth})
+    assert score_grounding(right, refs).accuracy == 100.0
+    assert score_grounding(wrong, refs).accuracy == 0.0
+
+
 # --------------------------------------------------------------------------------------- readable at 32×32
 def test_asked_colour_is_recoverable_at_32px():
     rng = np.random.default_rng(7)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from dymoe.data.minicoin.tasks import TASK_NAMES, TASKS, Sample
 from dymoe.errors import DymoeError
 
-GENERATOR_VERSION = "2"  # bump whenever generated content changes: caches key on it
+GENERATOR_VERSION = "3"  # bump whenever generated content changes: caches key on it (3: grounding boxes fill grid cells)
 #: scale -> (train rows, test rows) per task
 SCALES: dict[str, tuple[int, int]] = {"small": (160, 40), "default": (600, 100), "large": (3000, 300)}
 SPLITS = ("train", "test")
