@@ -263,6 +263,19 @@ def test_shipped_demo_configs_parse(method, quick):
         assert cfg.benchmark.order == "origin" and cfg.training.epochs == 3
 
 
+def test_demo_routing_temperature_is_the_papers_matched_to_the_base_width():
+    """The papers' T = 0.01 at LLaVA-7B's width 4096; cosine scores against random router rows spread as 1/sqrt(d),
+    so at the shipped base's width the same softness needs T = 0.01 * sqrt(4096 / d)."""
+    import math
+
+    from dymoe.demo.base import PACKAGED
+
+    d = json.loads((PACKAGED / "config.json").read_text())["text_config"]["hidden_size"]
+    assert d == 128
+    for method in ("incmoelora", "dymoe"):
+        assert plan.demo_config(method).adapter.temperature == pytest.approx(0.01 * math.sqrt(4096 / d), abs=5e-4)
+
+
 def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
