@@ -62,7 +62,10 @@ def later_group_share(run_dir: str, max_samples: int | None = None) -> dict:
     For every checkpoint K of the run and every task i <= K: the routing mass of task i's evaluation prompts
     (gate weights summed over all wrapped modules and non-pad tokens, :func:`dymoe.analysis.experts.
     expert_activation_view`, the expert view of ``dymoe analyze experts``) that goes to the groups of tasks
-    i+1..K, divided by all of it. Returns ``{"tasks": [...], "share": {task i: [share after task K, K = i..T]}}``.
+    i+1..K, divided by all of it. Returns ``{"tasks": [...], "share": {task i: [share after task K, K = i..T]},
+    "task_blind": {task i: [...]}}``; ``task_blind`` is the share a router blind to the task would give the later
+    groups, their share of the experts present, ``(K - i) / K`` (equal group sizes): a share at that level means
+    old-task tokens are spread over all groups alike, above it that the new groups attract them.
     """
     import numpy as np
 
@@ -75,6 +78,7 @@ def later_group_share(run_dir: str, max_samples: int | None = None) -> dict:
     names = [t.name for t in resolve_benchmark(load_config(rd.config)).tasks]
     done = rd.completed_tasks(names)
     share: dict[str, list[float]] = {}
+    blind: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(1, done + 1):
             view = expert_activation_view(run_dir, after_task=k, output=Path(tmp) / f"after_{k}.png",
@@ -83,7 +87,8 @@ def later_group_share(run_dir: str, max_samples: int | None = None) -> dict:
             for i, t in enumerate(view["tasks"]):
                 per_group = np.asarray(view["mass"][t]).sum(0)  # [G], summed over layers
                 share.setdefault(t, []).append(round(float(per_group[groups > i].sum() / per_group.sum()), 4))
-    return {"tasks": names[:done], "share": share}
+                blind.setdefault(t, []).append(round(float(np.mean(groups > i)), 4))
+    return {"tasks": names[:done], "share": share, "task_blind": blind}
 
 
 def masked_evaluation(run_dir: str) -> dict:
@@ -267,12 +272,15 @@ def render_markdown(result: dict) -> str:
     for name, d in result.get("drift", {}).items():
         share = d["later_group_share"]["share"]
         tasks = d["later_group_share"]["tasks"]
+        blind = d["later_group_share"].get("task_blind", {})
         lines += [f"Routing drift, `{name}`: share of each old task's routing mass taken by the groups of later tasks, "
-                  "after each task (rows: evaluated task; columns: after task K):", "",
+                  "after each task (rows: evaluated task; columns: after task K; in brackets the share of a router "
+                  "blind to the task, (K - i) / K):", "",
                   "| task | " + " | ".join(str(k + 1) for k in range(len(tasks))) + " |",
                   "|---|" + "---:|" * len(tasks)]
         for i, t in enumerate(tasks[:-1]):
-            cells = [""] * (i + 1) + [f"{v:.2f}" for v in share[t][1:]]
+            cells = [""] * (i + 1) + [f"{v:.2f}" + (f" ({b:.2f})" if t in blind else "")
+                                      for v, b in zip(share[t][1:], blind.get(t, share[t])[1:])]
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
         lines += ["", "| task | after training | final | final, later groups masked | restored |",
                   "|---|---:|---:|---:|---:|"]
