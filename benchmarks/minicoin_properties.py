@@ -209,7 +209,7 @@ def verdict(result: dict) -> dict:
         out["2_incremental_learns"] = {"MFT_incmoelora": inc["MFT"]["mean"], "MFT_lora": lora["MFT"]["mean"],
                                        "ratio": round(ratio, 3) if ratio is not None else None, "aim": ">= 0.90",
                                        "holds": ratio is not None and ratio >= 0.9}
-        gaps = {k: abs(inc[k]["mean"] - lora[k]["mean"]) for k in ("MFN", "BWT")}
+        gaps = {k: round(abs(inc[k]["mean"] - lora[k]["mean"]), 2) for k in ("MFN", "BWT")}
         stds = {f"{m}_{k}": seeds[m][k]["std"] for m in ("lora", "incmoelora") for k in ("MFN", "BWT")}
         out["5_stable"] = {"gap": gaps, "std": stds, "aim": "every std < gap / 2",
                            "holds": all(v is not None and v < gaps[k.split("_")[1]] / 2 for k, v in stds.items())}
