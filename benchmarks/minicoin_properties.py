@@ -109,34 +109,37 @@ def masked_evaluation(run_dir: str) -> dict:
     cfg = load_config(Path(run_dir) / "config.yaml")
     cfg.trackers = []
     run = ContinualRun(cfg, run_dir, evaluation_only=True)
-    run.setup()
-    done = run.dir.completed_tasks(run.names)
-    run._load_checkpoint(done)
-    ctx = run.adapter.context
-    n_groups = max(run.adapter.groups()) + 1
-    ev = cfg.evaluation
-    out: dict[str, dict] = {}
-    for i, task in enumerate(run.tasks[:done]):
-        samples = run.test_set(task)
-        scorer = run.scorer_name(task)
-        acc = {}
-        for mode in ("all", "masked"):
-            def hook(batch: dict, i=i, mode=mode) -> None:
-                rows = batch["input_ids"].shape[0]
-                ctx.group_mask = (torch.arange(n_groups) <= i).expand(rows, n_groups).clone() if mode == "masked" \
-                    else None
+    run.setup()  # takes the run directory's lock: released below
+    try:
+        done = run.dir.completed_tasks(run.names)
+        run._load_checkpoint(done)
+        ctx = run.adapter.context
+        n_groups = max(run.adapter.groups()) + 1
+        ev = cfg.evaluation
+        out: dict[str, dict] = {}
+        for i, task in enumerate(run.tasks[:done]):
+            samples = run.test_set(task)
+            scorer = run.scorer_name(task)
+            acc = {}
+            for mode in ("all", "masked"):
+                def hook(batch: dict, i=i, mode=mode) -> None:
+                    rows = batch["input_ids"].shape[0]
+                    allowed = torch.arange(n_groups) <= i  # [G]: the groups of tasks 1..i
+                    ctx.group_mask = allowed.expand(rows, n_groups).clone() if mode == "masked" else None  # [B, G]
 
-            ctx.policy = run.method.routing_policy("eval")
-            try:
-                with torch.no_grad():
-                    preds = generate_predictions(run.model, run.processor, samples, batch_size=ev.batch_size,
-                                                 max_new_tokens=ev.max_new_tokens, max_length=ev.max_length,
-                                                 desc=f"{mode} groups: {task.name}", batch_hook=hook)
-            finally:
-                ctx.group_mask, ctx.policy = None, None
-            res = SCORERS.get(scorer)(preds, [s.reference for s in samples], run.annotations(task, scorer))
-            acc[mode] = round(float(res.accuracy), 2)
-        out[task.name] = acc
+                ctx.policy = run.method.routing_policy("eval")
+                try:
+                    with torch.no_grad():
+                        preds = generate_predictions(run.model, run.processor, samples, batch_size=ev.batch_size,
+                                                     max_new_tokens=ev.max_new_tokens, max_length=ev.max_length,
+                                                     desc=f"{mode} groups: {task.name}", batch_hook=hook)
+                finally:
+                    ctx.group_mask, ctx.policy = None, None
+                res = SCORERS.get(scorer)(preds, [s.reference for s in samples], run.annotations(task, scorer))
+                acc[mode] = round(float(res.accuracy), 2)
+            out[task.name] = acc
+    finally:
+        run.close()
     return {"after_task": done, "accuracy": out}
 
 
@@ -324,8 +327,6 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(Path(args.out), merged)
         print(render_markdown(merged), end="")
         return 0
-
-    import torch
 
     from dymoe.config import load_config
     from dymoe.data.minicoin.tasks import TASK_NAMES

@@ -293,22 +293,23 @@ def test_grounding_is_solved_by_finding_the_cell():
     accepts (IoU > 0.5); the box of another object's cell never passes."""
     from dymoe.eval.scorers import score_grounding
 
+    def cell_answer(obj, size: tuple[int, int]) -> str:
+        """The box of a mid-sized object centred in ``obj``'s cell."""
+        w, h = size
+        cw, ch = w // 2, h // 2
+        side = min(cw, ch) - 2 - grounding.SIDE_SPREAD // 2
+        col, row = obj.box[0] // cw, obj.box[1] // ch
+        x0, y0 = col * cw + (cw - side) // 2, row * ch + (ch - side) // 2
+        return grounding.format_box(grounding.normalise_box((x0, y0, x0 + side, y0 + side), size))
+
     rng = np.random.default_rng(11)
     right, wrong, refs = [], [], []
     for i in range(200):
         s = grounding.make_sample(rng, "test")
-        w, h = s.truth["size"]
-        cw, ch = w // 2, h // 2
-        side = min(cw, ch) - 2 - grounding.SIDE_SPREAD // 2  # a mid-sized object, centred in its cell
-
-        def cell_answer(obj):
-            col, row = obj.box[0] // cw, obj.box[1] // ch
-            x0, y0 = col * cw + (cw - side) // 2, row * ch + (ch - side) // 2
-            return grounding.format_box(grounding.normalise_box((x0, y0, x0 + side, y0 + side), (w, h)))
-
+        size = tuple(s.truth["size"])
         other = next(o for o in s.meta["objects"] if o is not s.meta["target"])
-        right.append({"question_id": i, "text": cell_answer(s.meta["target"])})
-        wrong.append({"question_id": i, "text": cell_answer(other)})
+        right.append({"question_id": i, "text": cell_answer(s.meta["target"], size)})
+        wrong.append({"question_id": i, "text": cell_answer(other, size)})
         refs.append({"question_id": i, **s.truth})
     assert score_grounding(right, refs).accuracy == 100.0
     assert score_grounding(wrong, refs).accuracy == 0.0
