@@ -1,5 +1,6 @@
 """Injection into real Hugging Face models (LLaVA, Llama, Qwen2), gradient checkpointing, and checkpoints."""
 
+import dataclasses
 import json
 
 import pytest
@@ -92,6 +93,26 @@ def test_unknown_targets_and_bad_config_are_clear_errors():
         small_cfg(router="softmax")
     with pytest.raises(ConfigError, match="unknown adapter config keys"):
         AdapterConfig.from_dict({"rank": 3})
+
+
+@pytest.mark.parametrize("experts,rank,bank,alpha,scaling", [
+    (16, 4, None, None, 2.0),     # the DyMoE default: bank 64, alpha 2 x 64 = 128 (A6)
+    (16, 1, None, None, 2.0),     # capacity ablation, rank 1: alpha follows the bank (32), scaling stays 2
+    (16, 2, None, 128.0, 4.0),    # fixed alpha: 128 / 32
+    (8, 8, None, None, 2.0),      # 8 experts x rank 8 (Table 9): bank 64
+    (1, 128, 128, None, 2.0),     # CoIN's LoRA r128 -> alpha 256
+    (4, 2, 16, None, 2.0),        # an explicit bank rank is what alpha ties to
+])
+def test_alpha_is_tied_to_twice_the_bank_rank_unless_fixed(experts, rank, bank, alpha, scaling):
+    cfg = AdapterConfig(experts_per_group=experts, expert_rank=rank, bank_rank=bank, alpha=alpha)
+    want_bank = bank or experts * rank
+    assert cfg.effective_alpha == (alpha if alpha is not None else 2.0 * want_bank)
+    adapter = inject(tiny_lm(), dataclasses.replace(cfg, dropout=0.0))
+    assert all(m.scaling == scaling and m.bank_rank == want_bank for m in adapter.modules.values())
+    # the stored config keeps "tied" (None) so a checkpoint reloads with the same scaling
+    assert AdapterConfig.from_dict(cfg.to_dict()).effective_alpha == cfg.effective_alpha
+    with pytest.raises(ConfigError, match="adapter.alpha"):
+        AdapterConfig(alpha=0.0)
 
 
 def test_regex_targets_can_reach_the_vision_tower_when_asked():

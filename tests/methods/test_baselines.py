@@ -134,7 +134,7 @@ def test_moelora_adapter_defaults_follow_coin():
     cfg = build_method({"name": "moelora"}).configure_adapter(AdapterConfig())
     assert (cfg.experts_per_group, cfg.expert_rank, cfg.effective_bank_rank) == (8, 8, 64)  # 64 = one DyMoE task
     assert (cfg.router, cfg.temperature, cfg.top_k, cfg.init) == ("linear", 1.0, 8, "normal")
-    assert cfg.alpha / cfg.effective_bank_rank == 2.0  # CoIN: alpha 256 / r 128
+    assert cfg.effective_alpha / cfg.effective_bank_rank == 2.0  # CoIN: alpha 256 / r 128
     cfg = build_method({"name": "moelora", "num_experts": 4, "total_rank": 32}).configure_adapter(AdapterConfig())
     assert (cfg.experts_per_group, cfg.expert_rank, cfg.top_k) == (4, 8, 4)
 

@@ -52,7 +52,7 @@ class ExpertSiteFields:
     scope: str | None = None
     experts_per_group: int = 16
     expert_rank: int = 4
-    alpha: float = 128.0
+    alpha: float | None = None
     bank_rank: int | None = None
     top_k: int = 16
     router: str = "cosine"
@@ -65,6 +65,11 @@ class ExpertSiteFields:
     @property
     def effective_bank_rank(self) -> int:
         return int(self.bank_rank or self.experts_per_group * self.expert_rank)
+
+    @property
+    def effective_alpha(self) -> float:
+        """``alpha``, or ``2 × effective_bank_rank`` when it is None (tied, A6)."""
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.effective_bank_rank
 
 
 @dataclass
@@ -130,6 +135,8 @@ class SiteConfig(ExpertSiteFields):
                 raise ConfigError(f"{where}: {key} must be >= 1, got {getattr(self, key)}")
         if self.temperature <= 0:
             raise ConfigError(f"{where}: temperature must be > 0, got {self.temperature}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ConfigError(f"{where}: alpha must be > 0 or null (2 × the bank rank), got {self.alpha}")
         if self.router_hidden < 0:
             raise ConfigError(f"{where}: router_hidden must be >= 0, got {self.router_hidden}")
         if not self.targets:
@@ -156,7 +163,9 @@ class AdapterConfig(ExpertSiteFields):
         scope: module path to search under; None = the language model (the vision tower is never wrapped).
         experts_per_group: experts added per expansion (per task): 16.
         expert_rank: rank of each expert: 4.
-        alpha: LoRA alpha; scaling = alpha / bank_rank. Not stated in the paper: 128 (A6).
+        alpha: LoRA alpha; scaling = alpha / bank_rank. Not stated in the paper (A6): None (the default) ties it
+            to 2 × the bank rank (scaling 2: LLaVA's 256 / 128, the port's 128 / 64), so changing the expert rank
+            or count keeps the scaling; a number fixes it (e.g. 128, whatever the bank rank).
         bank_rank: divisor of alpha; None = experts_per_group × expert_rank (the per-task bank rank, 64).
         top_k: experts per token, over all present experts: 16.
         router: ``cosine`` (κ·cos, upstream DyMoE, A1), ``linear`` (CoIN MoELoRA) or ``none`` (IncLoRA/O-LoRA).
@@ -190,6 +199,8 @@ class AdapterConfig(ExpertSiteFields):
                 raise ConfigError(f"adapter.{key} must be >= 1, got {getattr(self, key)}")
         if self.temperature <= 0:
             raise ConfigError(f"adapter.temperature must be > 0, got {self.temperature}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ConfigError(f"adapter.alpha must be > 0 or null (2 × the bank rank), got {self.alpha}")
         if not self.targets:
             raise ConfigError("adapter.targets must name at least one module")
         self.resolved_sites()  # validate the sites now, with keys in the errors

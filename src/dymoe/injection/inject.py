@@ -108,7 +108,7 @@ def _build(site: SiteConfig, target: nn.Module, context: RoutingContext, param_d
     if site.kind == "linear":
         return MoELoRALinear(
             target,
-            alpha=site.alpha,
+            alpha=site.effective_alpha,
             bank_rank=site.effective_bank_rank,
             top_k=site.top_k,
             router=site.router,

@@ -489,7 +489,7 @@ def test_shipped_coin_configs_load_and_build(name, cls, tiny_llava_dir):
     cfg = load_config(path, [f"backbone.path={tiny_llava_dir}"])
     assert cfg.backbone.path == str(tiny_llava_dir)
     a = cfg.adapter
-    assert (a.experts_per_group, a.expert_rank, a.top_k, a.router, a.temperature, a.alpha, a.dropout) == (
+    assert (a.experts_per_group, a.expert_rank, a.top_k, a.router, a.temperature, a.effective_alpha, a.dropout) == (
         16, 4, 16, "cosine", 0.01, 128.0, 0.05)
     t = cfg.training
     assert (t.lr, t.warmup_ratio, t.schedule, t.epochs, t.max_length, t.gradient_checkpointing) == (
