@@ -49,11 +49,17 @@ import torch
 
 from dymoe.config import build_dataclass
 from dymoe.errors import ConfigError
+from dymoe.methods.projector import TrainableProjector
 
 if TYPE_CHECKING:
     from dymoe.injection.adapter import ExpertAdapter
     from dymoe.injection.config import AdapterConfig
     from dymoe.layers.context import RoutingPolicy
+
+
+def adapter_trainable_tensors(adapter: ExpertAdapter) -> dict[str, torch.nn.Parameter]:
+    """The adapter's non-empty trainable tensors by their parameter name in the model (``<module>.lora_A`` ...)."""
+    return {k: p for k, p in adapter.named_tensors() if p.numel() > 0 and p.requires_grad}
 
 
 @dataclass
@@ -144,6 +150,8 @@ class Method:
         self.model: torch.nn.Module | None = None
         # modules this method owns outside the expert layers (see the module docstring); attached to the model
         self.owned_modules = torch.nn.ModuleDict()
+        # the vision-language projector, when the method's ``projector_lr`` trains it (dymoe.methods.projector)
+        self.projector: TrainableProjector | None = None
 
     @classmethod
     def from_config(cls, method_cfg: dict) -> Method:
@@ -162,8 +170,16 @@ class Method:
         return config
 
     def setup(self, model: torch.nn.Module, adapter: ExpertAdapter) -> None:
-        """Called once after injection (and after a checkpoint is loaded on resume)."""
+        """Called once after injection (and after a checkpoint is loaded on resume).
+
+        Unfreezes the projector when the options set ``projector_lr`` (see :mod:`dymoe.methods.projector`).
+        """
         self.model, self.adapter = model, adapter
+        lr = getattr(self.options, "projector_lr", None)
+        if lr is not None and self.projector is None:
+            # an owned module: trained, saved as module.projector.* with the method state, restored on resume
+            self.projector = TrainableProjector(model, lr)
+            self.register_module("projector", self.projector.module)
 
     def before_task(self, task: TaskInfo) -> None:
         """Grow / unfreeze what this task trains. Called before the optimizer is built."""
@@ -208,14 +224,27 @@ class Method:
         """Called right before each training forward (reset per-forward buffers)."""
 
     def loss_terms(self, batch: dict[str, torch.Tensor], outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
-        """Extra loss terms for this step, each already weighted; the runner adds their sum to the LM loss."""
-        return {}
+        """Extra loss terms for this step, each already weighted; the runner adds their sum to the LM loss.
+
+        Base: ``projector_idle`` = 0 · Σ projector weights on a batch without images while the projector is
+        trained, so that it takes part in every step's loss as DDP requires (subclasses merge this in)."""
+        if self.projector is None or batch.get("pixel_values") is not None:
+            return {}
+        return {"projector_idle": sum(p.sum() for p in self.projector.parameters()) * 0.0}
 
     def after_task(self, task: TaskInfo, trainer: Any = None) -> None:
         """End of a task, before the checkpoint is saved (fold groups, compute Fisher, prune, ...).
 
         ``trainer`` gives access to ``trainer.iter_batches(n)`` for methods that need a pass over training data.
         """
+
+    def begin_evaluation(self, index: int, name: str) -> None:
+        """The evaluation batches that follow (``group_mask(batch, "eval")``) come from task ``index``'s test set."""
+
+    def evaluation_metrics(self) -> dict:
+        """JSON-serialisable measurements the method took during the evaluation since the last call (e.g. a task
+        router's accuracy), stored per row in ``metrics.json``; called on every process. Default: none."""
+        return {}
 
     # ------------------------------------------------------------------ owned modules
     def register_module(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
@@ -234,6 +263,21 @@ class Method:
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         """Trainable parameters outside the adapter: those of the registered modules (see the module docstring)."""
         return [p for p in self.owned_modules.parameters() if p.requires_grad]
+
+    def lr_groups(self) -> list[tuple[str, list[torch.nn.Parameter], float]]:
+        """``(name, parameters, lr)``: parameters (among :meth:`extra_parameters`) that get their own learning
+        rate in an optimizer parameter group of their own (the schedule scales it like the main one)."""
+        if self.projector is None:
+            return []
+        return [("projector", self.projector.parameters(), self.projector.lr)]
+
+    def trainable_tensors(self) -> dict[str, torch.nn.Parameter]:
+        """Every tensor this method trains, by its parameter name in the model: the adapter's non-empty trainable
+        tensors (``<module>.lora_A`` ...) and the projector's (EWC's Fisher and LwF's teacher cover all of them)."""
+        out = adapter_trainable_tensors(self.adapter)
+        if self.projector is not None:
+            out.update(self.projector.named_parameters())
+        return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors to keep across tasks (saved as safetensors beside the adapter); registered modules' tensors are

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from dymoe.errors import ConfigError
 from dymoe.methods.base import StepInfo, TaskInfo
 from dymoe.methods.lora import LoRA, LoRAOptions
-from dymoe.methods.lwf import side_forward, trainable_tensors
+from dymoe.methods.lwf import side_forward
 from dymoe.methods.penalties import add_squared_grads, ewc_penalty, merge_fisher
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class EWCOptions(LoRAOptions):
     """Attributes:
-    rank: as ``lora``.
+    rank, projector_lr: as ``lora``.
     lam: λ of the penalty (λ/2) Σ F (θ − θ*)²: 5000 (Prism's ``ewc_lambda``; see the module docstring).
-    fisher_batches: batches of the finished task's training data averaged into its Fisher: 20 (Prism: 50).
+    fisher_batches: batches of the finished task's training data averaged into its Fisher: 20 (the equal-budget
+        default); Prism's ``ewc_fisher_batches`` is 50 (``dymoe reproduce main-table --budget paper``).
     batch_size: samples per Fisher batch: 1 (Prism's micro-batch; the Fisher is a mean of per-batch grad²).
     """
 
@@ -47,6 +48,7 @@ class EWCOptions(LoRAOptions):
     batch_size: int = 1
 
     def __post_init__(self):
+        super().__post_init__()
         if float(self.lam) < 0:
             raise ConfigError(f"lam must be >= 0, got {self.lam}")
         for key in ("fisher_batches", "batch_size"):
@@ -67,11 +69,12 @@ class EWC(LoRA):
 
     # ------------------------------------------------------------------ training
     def loss_terms(self, batch: dict[str, torch.Tensor], outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
-        params = trainable_tensors(self.adapter)
+        params = self.trainable_tensors()
+        base = super().loss_terms(batch, outputs, step)
         if self.fisher is None:
-            return {"ewc": torch.zeros((), device=next(iter(params.values())).device)}
+            return {**base, "ewc": torch.zeros((), device=next(iter(params.values())).device)}
         self._to_device(params)
-        return {"ewc": ewc_penalty(params, self.fisher, self.anchor, self.options.lam)}
+        return {**base, "ewc": ewc_penalty(params, self.fisher, self.anchor, self.options.lam)}
 
     def _to_device(self, params: dict[str, torch.Tensor]) -> None:
         # state restored from a checkpoint lies on the CPU
@@ -88,7 +91,7 @@ class EWC(LoRA):
         so the optimizer's ``.grad`` buffers are untouched. Batches without answer tokens (non-finite loss) are
         skipped.
         """
-        params = trainable_tensors(self.adapter)
+        params = self.trainable_tensors()
         names = list(params)
         running = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
         used = 0
@@ -112,7 +115,7 @@ class EWC(LoRA):
             raise ValueError("ewc needs the trainer at after_task (its Fisher is a pass over the task's data)")
         fisher = self.estimate_fisher(trainer, seed=task.index)
         self.fisher = merge_fisher(self.fisher, fisher)
-        self.anchor = {k: p.detach().float().clone() for k, p in trainable_tensors(self.adapter).items()}
+        self.anchor = {k: p.detach().float().clone() for k, p in self.trainable_tensors().items()}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, torch.Tensor]:

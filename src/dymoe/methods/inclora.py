@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dymoe.errors import ConfigError
 from dymoe.methods.base import Method, TaskInfo
+from dymoe.methods.projector import check_projector_lr
 
 if TYPE_CHECKING:
     from dymoe.injection.config import AdapterConfig
@@ -24,13 +25,16 @@ class IncLoRAOptions:
     rank: rank of each task's LoRA; None = the budget of one DyMoE task (adapter.experts_per_group ×
         adapter.expert_rank = 16 × 4 = 64 with the defaults), so every task trains as many LoRA parameters as
         IncMoELoRA's / DyMoE's new group.
+    projector_lr: train the projector too, at this learning rate; None = frozen (Prism's CoIN default).
     """
 
     rank: int | None = None
+    projector_lr: float | None = None
 
     def __post_init__(self):
         if self.rank is not None and int(self.rank) < 1:
             raise ConfigError(f"rank must be >= 1 or null, got {self.rank}")
+        check_projector_lr(self.projector_lr)
 
 
 def resolve_rank(rank: int | None, config: AdapterConfig) -> int:

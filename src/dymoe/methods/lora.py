@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from dymoe.errors import ConfigError
 from dymoe.methods.base import Method, TaskInfo
+from dymoe.methods.projector import check_projector_lr
 
 
 @dataclass
@@ -17,9 +19,18 @@ class LoRAOptions:
     """Attributes:
     rank: LoRA rank; None = the budget of one task's experts (adapter.experts_per_group × adapter.expert_rank,
         64 with the DyMoE defaults), so LoRA trains as many parameters per task as IncMoELoRA's new group.
+        CoIN's own setting is 128 (``dymoe reproduce main-table --budget paper``).
+    projector_lr: train the vision-language projector too, at this learning rate (CoIN: 2e-5,
+        ``--mm_projector_lr``); None = frozen (:mod:`dymoe.methods.projector`).
     """
 
     rank: int | None = None
+    projector_lr: float | None = None
+
+    def __post_init__(self):
+        if self.rank is not None and int(self.rank) < 1:
+            raise ConfigError(f"rank must be >= 1 or null, got {self.rank}")
+        check_projector_lr(self.projector_lr)
 
 
 class LoRA(Method):

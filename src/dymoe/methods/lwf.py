@@ -22,18 +22,18 @@ from torch.func import functional_call
 
 from dymoe.errors import ConfigError
 from dymoe.methods.base import StepInfo, TaskInfo
+from dymoe.methods.base import adapter_trainable_tensors as trainable_tensors  # noqa: F401  (tests, analyses)
 from dymoe.methods.lora import LoRA, LoRAOptions
 from dymoe.methods.penalties import distillation_kl
 
 if TYPE_CHECKING:
-    from dymoe.injection.adapter import ExpertAdapter
     from dymoe.layers.context import RoutingContext
 
 
 @dataclass
 class LwFOptions(LoRAOptions):
     """Attributes:
-    rank: as ``lora``.
+    rank, projector_lr: as ``lora``.
     lam: λ, weight of the distillation term: 1.0.
     temperature: T of the softened distributions: 2.0 (the loss carries T² so its gradient scale does not depend on T).
     """
@@ -42,15 +42,11 @@ class LwFOptions(LoRAOptions):
     temperature: float = 2.0
 
     def __post_init__(self):
+        super().__post_init__()
         if float(self.lam) < 0:
             raise ConfigError(f"lam must be >= 0, got {self.lam}")
         if float(self.temperature) <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-
-
-def trainable_tensors(adapter: ExpertAdapter) -> dict[str, torch.nn.Parameter]:
-    """The adapter's non-empty trainable tensors by their parameter name in the model (``<module>.lora_A`` ...)."""
-    return {k: p for k, p in adapter.named_tensors() if p.numel() > 0 and p.requires_grad}
 
 
 @contextlib.contextmanager
@@ -85,12 +81,13 @@ class LwF(LoRA):
         if task.index == 0:
             self.teacher = None
             return
-        self.teacher = {k: p.detach().clone() for k, p in trainable_tensors(self.adapter).items()}
+        # the adapter's trainable tensors (and the projector's, when trained): the model as it was before the task
+        self.teacher = {k: p.detach().clone() for k, p in self.trainable_tensors().items()}
 
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, T, V]`` of the model with the pre-task adapter swapped in (no grad, eval mode)."""
-        params = trainable_tensors(self.adapter)
+        params = self.trainable_tensors()
         # a teacher restored from a checkpoint lies on the CPU: move it once, beside the weights it replaces
         self.teacher = {k: v.to(params[k].device, params[k].dtype) for k, v in self.teacher.items()}
         inputs = {k: v for k, v in batch.items() if k != "labels"}  # the teacher's own LM loss is not needed
@@ -99,11 +96,12 @@ class LwF(LoRA):
         return out.logits
 
     def loss_terms(self, batch: dict[str, torch.Tensor], outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
+        base = super().loss_terms(batch, outputs, step)
         if self.teacher is None or self.options.lam == 0:
-            return {"lwf": outputs.logits.new_zeros((), dtype=torch.float32)}
+            return {**base, "lwf": outputs.logits.new_zeros((), dtype=torch.float32)}
         z_old = self.teacher_logits(batch)
         kl = distillation_kl(outputs.logits, z_old, batch["labels"], self.options.temperature)
-        return {"lwf": self.options.lam * kl}
+        return {**base, "lwf": self.options.lam * kl}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         # the teacher cannot be rebuilt from mid-task weights, so a resumed task needs it

@@ -4,7 +4,8 @@ One group of ``num_experts`` experts is added on the first task and trained thro
 router ``linear`` (bias-free ``nn.Linear(d_in, E)``), temperature 1, ``top_k = E`` (dense token-level softmax, no
 load-balancing loss), A ~ N(0, 0.01) and B = 0 as CoIN. CoIN splits its total rank evenly over the experts
 (r = 128, E = 8 → rank 16 each) with ``scaling = alpha / r_total``; here the total defaults to the budget of one
-DyMoE task (16 × 4 = 64 → 8 experts × rank 8) so every baseline trains the same LoRA budget per task.
+DyMoE task (16 × 4 = 64 → 8 experts × rank 8) so every baseline trains the same LoRA budget per task; CoIN's own
+setting (``total_rank=128``, ``projector_lr=2e-5``) is the ``--budget paper`` row of ``dymoe reproduce main-table``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from dymoe.errors import ConfigError
 from dymoe.methods.base import Method, TaskInfo
+from dymoe.methods.projector import check_projector_lr
 
 if TYPE_CHECKING:
     from dymoe.injection.config import AdapterConfig
@@ -25,17 +27,20 @@ class MoELoRAOptions:
     """Attributes:
     num_experts: E, the fixed number of experts: 8 (CoIN ``--expert_num 8``).
     total_rank: rank summed over the experts, split evenly (must be divisible by E); None = adapter.experts_per_group
-        × adapter.expert_rank (64 with the defaults → rank 8 per expert).
+        × adapter.expert_rank (64 with the defaults → rank 8 per expert). CoIN: 128 (8 experts × rank 16).
+    projector_lr: train the projector too, at this learning rate (CoIN: 2e-5); None = frozen.
     """
 
     num_experts: int = 8
     total_rank: int | None = None
+    projector_lr: float | None = None
 
     def __post_init__(self):
         if int(self.num_experts) < 1:
             raise ConfigError(f"num_experts must be >= 1, got {self.num_experts}")
         if self.total_rank is not None and int(self.total_rank) < 1:
             raise ConfigError(f"total_rank must be >= 1 or null, got {self.total_rank}")
+        check_projector_lr(self.projector_lr)
 
 
 class MoELoRA(Method):

@@ -31,8 +31,9 @@ from dymoe.methods.penalties import lora_l2, orthogonality_l1
 @dataclass
 class OLoRAOptions(IncLoRAOptions):
     """Attributes:
-    rank: as IncLoRA.
-    lambda1: weight of the orthogonality term: 0.05 (MCITlib ``loss + 0.05 * orthogonal_loss``).
+    rank, projector_lr: as IncLoRA.
+    lambda1: weight of the orthogonality term: 0.05 (MCITlib ``loss + 0.05 * orthogonal_loss``); O-LoRA's own
+        paper and Prism use 0.5 (``dymoe reproduce main-table --budget paper``).
     lambda2: weight of the L2 term on the new LoRA: 0 (original O-LoRA's optional ``l2_loss``).
     """
 
@@ -62,7 +63,8 @@ class OLoRA(IncLoRA):
             if self.options.lambda2 > 0:
                 l2.append(lora_l2(m.lora_A, m.lora_B))
         zero = torch.zeros((), device=next(iter(self.adapter.modules.values())).base.weight.device)
-        terms = {"olora_orth": self.options.lambda1 * torch.stack(orth).sum() if orth else zero}
+        terms = {**super().loss_terms(batch, outputs, step),
+                 "olora_orth": self.options.lambda1 * torch.stack(orth).sum() if orth else zero}
         if self.options.lambda2 > 0:
             terms["olora_l2"] = self.options.lambda2 * torch.stack(l2).sum() if l2 else zero
         return terms

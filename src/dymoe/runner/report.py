@@ -311,6 +311,21 @@ def _evaluation_sections(run: RunSummary) -> list[str]:
     return lines
 
 
+def _task_router_section(method_eval: Mapping[str, Any]) -> list[str]:
+    """The task router's per-task accuracy of the last evaluated row (``metrics.json`` ``method_eval``), if any."""
+    rows = [(int(k.rsplit("_", 1)[1]), v["task_router"]) for k, v in method_eval.items()
+            if k.startswith("after_task_") and isinstance(v, Mapping) and "task_router" in v]
+    if not rows:
+        return []
+    after, tr = max(rows, key=lambda r: r[0])
+    lines = ["", f"## Task router (after task {after})", "",
+             "Share of each test set routed to its own task's prototype.", "",
+             "| task | samples | accuracy |", "|---|---:|---:|"]
+    lines += [f"| {t} | {tr.get('samples', {}).get(t, '')} | {_fmt(a)} |" for t, a in tr.get("accuracy", {}).items()]
+    lines.append(f"| mean | | {_fmt(tr.get('mean'))} |")
+    return lines
+
+
 def render_report(run: RunSummary) -> str:
     """The Markdown text of ``report.md`` for a loaded run (see :func:`write_report`)."""
     m, info = run.metrics, run.info
@@ -349,6 +364,7 @@ def render_report(run: RunSummary) -> str:
     lines += ["", f"## Final accuracy per task (%, after {run.tasks[-1]})", "", "| task | accuracy |", "|---|---:|"]
     lines += [f"| {t} | {_fmt(a)} |" for t, a in run.final.items()]
     lines += _evaluation_sections(run)
+    lines += _task_router_section(run.info.get("method_eval") or {})
     lines += ["", "## Plots", ""]
     lines += [f"- [{name}]({rel})" for name, rel in PLOT_FILES.items()]
     lines += ["", f"![accuracy matrix]({PLOT_FILES['accuracy matrix']})", ""]

@@ -207,6 +207,16 @@ def _weighted(x: torch.Tensor, w: float) -> torch.Tensor:
     return x if w == 1.0 else x * w
 
 
+def param_groups(params: list[torch.nn.Parameter], method: Method) -> list[dict]:
+    """Optimizer parameter groups: ``params`` at the run's learning rate, except those a method gives their own
+    (``method.lr_groups()``, e.g. CoIN's projector at 2e-5), each in a named group of its own."""
+    special = method.lr_groups()
+    own = {id(p) for _, ps, _ in special for p in ps}
+    groups = [{"params": [p for p in params if id(p) not in own], "name": "main"}]
+    groups += [{"params": list(ps), "lr": lr, "name": name} for name, ps, lr in special]
+    return groups
+
+
 class TaskTrainer:
     """Trains the adapter on one task's samples (see module docstring).
 
@@ -306,7 +316,10 @@ class TaskTrainer:
         if not params:
             what = "the planning phase" if phase == "plan" else f"task {task.name!r}"
             raise DymoeError(f"method {self.method.name!r} left nothing trainable for {what}")
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
+        # the planning phase trains only what it was given, in one group; the task's training uses the method's
+        # parameter groups (e.g. a trained projector at its own learning rate)
+        groups = [{"params": params, "name": "plan"}] if phase == "plan" else param_groups(params, self.method)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
         # the schedule counts global optimizer steps and is stepped here once per step (never by accelerate)
         schedule = cfg.schedule if schedule is None else schedule
         warmup = cfg.warmup_ratio if warmup_ratio is None else warmup_ratio

@@ -239,6 +239,106 @@ def test_cv2_loss_by_hand():
     assert load_balance_loss(AUX_SCORES, AUX_NEW, None, 1, 1.0, "none").item() == 0.0
 
 
+# ---------------------------------------------------------------------------- the live readings of L_aux
+# experts 0, 1 old; 2, 3 new; top-2 over all four: token 0 -> {0, 2}, token 1 -> {2, 3}, token 2 -> {3, 0}
+LIVE_SCORES = torch.tensor([[2.0, 0.0, 1.0, 0.5], [0.0, 1.5, 2.5, 2.0], [1.2, 1.0, 0.0, 3.0]])
+LIVE_F = [2 / 6, 0.0, 2 / 6, 2 / 6]  # (token, slot) assignments per expert over 3 tokens x 2 slots
+
+
+def _live_p(t=1.0):
+    """Per-token softmax over all four experts and its token mean P, by hand."""
+    p = [_softmax(r, t) for r in LIVE_SCORES.tolist()]
+    return p, [sum(pi[j] for pi in p) / 3 for j in range(4)]
+
+
+def test_switch_all_value_and_gradient_on_the_new_group_by_hand():
+    """The layer's Switch loss E·Σ f·P with top-K over all experts: live on the new group while K = E_new."""
+    p, big_p = _live_p()
+    expected = 4 * sum(f * q for f, q in zip(LIVE_F, big_p))
+    s = LIVE_SCORES.clone().requires_grad_(True)
+    loss = load_balance_loss(s, NEW, None, 2, 1.0, "switch_all")
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # dL/ds_nj = E/N · p_nj (f_j − Σ_i f_i p_ni) / T  (f has no gradient)
+    for n in range(3):
+        mean_f = sum(f * q for f, q in zip(LIVE_F, p[n]))
+        for j in range(4):
+            assert s.grad[n, j].item() == pytest.approx(4 / 3 * p[n][j] * (LIVE_F[j] - mean_f), rel=1e-5, abs=1e-7)
+    assert s.grad[:, 2:].abs().min() > 1e-3  # every new-expert score of every token gets a gradient
+    # the same case under the old local reading (top-2 of the two new experts) is the constant 1
+    t = LIVE_SCORES.clone().requires_grad_(True)
+    local = load_balance_loss(t, NEW, None, 2, 1.0, "switch_local")
+    local.backward()
+    assert local.item() == pytest.approx(1.0) and t.grad.abs().max() < 1e-6
+
+
+def test_live_aux_gives_the_new_router_rows_a_gradient():
+    """Through a router: scores = x·Uᵀ with the old rows frozen; the new rows' gradient is the hand formula's."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    u_old = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    u_new = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    scores = x @ torch.cat([u_old, u_new]).T  # [5, 4]
+    loss = load_balance_loss(scores, 2, None, 2, 0.5, "switch_all")
+    loss.backward()
+    # by hand: dL/du_j = Σ_n dL/ds_nj · x_n with dL/ds_nj = E/N · p_nj (f_j − Σ_i f_i p_ni) / T
+    sc = scores.detach().tolist()
+    top = [sorted(range(4), key=lambda j: -r[j])[:2] for r in sc]
+    f = [sum(j in t for t in top) / (5 * 2) for j in range(4)]
+    p = [_softmax(r, 0.5) for r in sc]
+    grad = [[0.0] * 3 for _ in range(2)]
+    for n in range(5):
+        mean_f = sum(fi * pi for fi, pi in zip(f, p[n]))
+        for j in (2, 3):
+            ds = 4 / 5 * p[n][j] * (f[j] - mean_f) / 0.5
+            for d in range(3):
+                grad[j - 2][d] += ds * x[n, d].item()
+    # (the loss is computed in fp32)
+    assert u_new.grad.flatten().tolist() == pytest.approx(grad[0] + grad[1], rel=1e-5, abs=1e-8)
+    assert u_new.grad.abs().sum() > 1e-3
+
+
+def test_switch_new_and_group_by_hand():
+    _, big_p = _live_p()
+    got = load_balance_loss(LIVE_SCORES, NEW, None, 2, 1.0, "switch_new")
+    assert got.item() == pytest.approx(4 * (LIVE_F[2] * big_p[2] + LIVE_F[3] * big_p[3]), rel=1e-6)
+    # groups old {0, 1} and new {2, 3}: f = (1/3, 2/3), P = (P0 + P1, P2 + P3)
+    expected = 2 * (1 / 3 * (big_p[0] + big_p[1]) + 2 / 3 * (big_p[2] + big_p[3]))
+    s = LIVE_SCORES.clone().requires_grad_(True)
+    loss = load_balance_loss(s, NEW, None, 2, 1.0, "group")
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert s.grad[:, 2:].abs().sum() > 1e-3
+    # explicit groups: one per task, e.g. three groups {0}, {1}, {2, 3}
+    member = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], dtype=torch.bool)
+    three = 3 * (LIVE_F[0] * big_p[0] + LIVE_F[1] * big_p[1] + (LIVE_F[2] + LIVE_F[3]) * (big_p[2] + big_p[3]))
+    assert load_balance_loss(LIVE_SCORES, NEW, None, 2, 1.0, "group", member).item() == pytest.approx(three, rel=1e-6)
+
+
+def test_live_readings_are_constant_where_they_must_be():
+    s = LIVE_SCORES.clone().requires_grad_(True)
+    # top-K covering every expert (the first task at 16 of 16), or a single group: the constant 1, no gradient
+    for kind, k, mask, groups in (("switch_all", 4, NEW, None), ("group", 2, torch.ones(4, dtype=torch.bool), None),
+                                  ("group", 2, NEW, torch.ones(4, 1, dtype=torch.bool))):
+        loss = load_balance_loss(s, mask, None, k, 1.0, kind, groups)
+        loss.backward()
+        assert loss.item() == pytest.approx(1.0) and s.grad.abs().max() < 1e-7
+        s.grad = None
+    # uniform routing gives 1 for every Switch form that sums over all experts
+    flat = torch.zeros(6, 4)
+    assert load_balance_loss(flat, NEW, None, 2, 1.0, "switch_all").item() == pytest.approx(1.0)
+    # masked tokens are left out of f and P
+    mask = torch.tensor([True, True, False])
+    p = [_softmax(r, 1.0) for r in LIVE_SCORES.tolist()[:2]]
+    big_p = [(p[0][j] + p[1][j]) / 2 for j in range(4)]
+    f = [1 / 4, 0.0, 2 / 4, 1 / 4]
+    got = load_balance_loss(LIVE_SCORES, NEW, mask, 2, 1.0, "switch_all")
+    assert got.item() == pytest.approx(4 * sum(a * b for a, b in zip(f, big_p)), rel=1e-6)
+    # "switch" is the older name of the local form
+    assert torch.equal(load_balance_loss(AUX_SCORES, AUX_NEW, None, 1, 1.0, "switch"),
+                       load_balance_loss(AUX_SCORES, AUX_NEW, None, 1, 1.0, "switch_local"))
+
+
 # ---------------------------------------------------------------------------- int form (the hot path)
 @pytest.mark.parametrize("two_sided", [True, False])
 def test_int_split_equals_the_bool_mask_values_and_gradients(two_sided):
@@ -254,7 +354,10 @@ def test_int_split_equals_the_bool_mask_values_and_gradients(two_sided):
                lambda s, m: rsr_losses(s, m, token_mask, 3, 0.1)[0],
                lambda s, m: rsr_losses(s, m, token_mask, 3, 0.1)[1],
                lambda s, m: load_balance_loss(s, m, token_mask, 2, 0.5, "switch"),
-               lambda s, m: load_balance_loss(s, m, token_mask, 2, 0.5, "cv2")):
+               lambda s, m: load_balance_loss(s, m, token_mask, 2, 0.5, "cv2"),
+               lambda s, m: load_balance_loss(s, m, token_mask, 3, 0.5, "switch_all"),
+               lambda s, m: load_balance_loss(s, m, token_mask, 3, 0.5, "switch_new"),
+               lambda s, m: load_balance_loss(s, m, token_mask, 3, 0.5, "group")):
         outs, grads = [], []
         for m in (mask, k):
             s = raw.clone().requires_grad_(True)

@@ -419,7 +419,7 @@ def task_batches(lo, hi, n, seed):
 
 
 def test_task_router_picks_the_task_and_restricts_groups(tmp_path):
-    method = DyMoE(DyMoE.Options(task_router=True, task_router_mode="only"))
+    method = DyMoE(DyMoE.Options(task_router=True, task_router_mode="only", task_router_features="text"))
     model, adapter = setup(method)
     a, b = task_batches(10, 14, 2, 0), task_batches(400, 404, 2, 50)  # disjoint 4-token vocabularies
     train_task(model, adapter, method, 0, a)
@@ -452,11 +452,88 @@ def test_task_router_picks_the_task_and_restricts_groups(tmp_path):
     adapter.context.policy = None
     # prototypes survive a safetensors round trip
     save_file(method.state_dict(), tmp_path / "method.safetensors")
-    fresh = DyMoE(DyMoE.Options(task_router=True))
+    fresh = DyMoE(DyMoE.Options(task_router=True, task_router_features="text"))
     fresh.setup(model, adapter)
     fresh.load_state_dict(load_file(tmp_path / "method.safetensors"))
     assert torch.equal(fresh.prototypes, method.prototypes)
     assert fresh.group_mask(mixed, "eval").tolist() == [[True, False], [True, True]]
+    # prototypes of one feature form cannot be read with the other
+    other = DyMoE(DyMoE.Options(task_router=True, task_router_features="image_text"))
+    other.setup(model, adapter)
+    other.load_state_dict(load_file(tmp_path / "method.safetensors"))
+    with pytest.raises(DymoeError, match="task_router_features"):
+        other.group_mask(mixed, "eval")
+
+
+def shared_prompt_batches(shift, n, seed):
+    """Batches whose text is the same for every task (one fixed prompt and answer); only the images differ:
+    pixel values around ``shift`` (task A: bright images, task B: dark ones)."""
+    out = []
+    for i in range(n):
+        batch = make_batch(7)  # the same token ids every time
+        g = torch.Generator().manual_seed(seed + i)
+        batch["pixel_values"] = shift + 0.3 * torch.randn(2, 3, 16, 16, generator=g)
+        out.append(batch)
+    return out
+
+
+@pytest.mark.parametrize("features", ["image_text", "text"])
+def test_task_router_prototypes_separate_tasks_that_share_a_prompt(features):
+    """Two tasks with one prompt and different image distributions: the image+text prototypes tell them apart
+    on every test batch; text-only prototypes cannot (they coincide, every sample goes to the first task)."""
+    method = DyMoE(DyMoE.Options(task_router=True, task_router_features=features))
+    model, adapter = setup(method)
+    train_task(model, adapter, method, 0, shared_prompt_batches(1.5, 2, 0), lr=0.0)
+    train_task(model, adapter, method, 1, shared_prompt_batches(-1.5, 2, 50), lr=0.0)
+    d = 64
+    assert method.prototypes.shape == (2, 2 * d if features == "image_text" else d)
+    # the runner's evaluation protocol: tell the method which test set follows, route each batch
+    for index, shift in ((0, 1.5), (1, -1.5)):
+        method.begin_evaluation(index, f"task{index}")
+        for batch in shared_prompt_batches(shift, 3, 900 + 10 * index):
+            method.group_mask(batch, "eval")
+    router = method.evaluation_metrics()["task_router"]
+    assert router["samples"] == {"task0": 6, "task1": 6}
+    if features == "image_text":
+        assert router["accuracy"] == {"task0": 100.0, "task1": 100.0} and router["mean"] == 100.0
+        assert router["predicted"] == {"task0": [6, 0], "task1": [0, 6]}
+    else:
+        torch.testing.assert_close(method.prototypes[0], method.prototypes[1])
+        assert router["accuracy"] == {"task0": 100.0, "task1": 0.0} and router["mean"] == 50.0
+    # the counts are reset by reading them; nothing evaluated -> nothing reported
+    assert method.evaluation_metrics() == {}
+
+
+def test_task_router_image_features_by_hand():
+    """The image half is the mean over the image's projected patch features, L2-normalised; the text half the
+    mean input embedding over real text tokens; samples without an image get a zero image half."""
+    from dymoe.methods.dymoe.task_router import task_features
+
+    method = DyMoE(DyMoE.Options(task_router=True))
+    model, _ = setup(method)
+    batch = make_batch(3)
+    with torch.no_grad():
+        feats = task_features(model, batch, IMG, "image_text")  # [2, 128]
+        proj = model.get_image_features(pixel_values=batch["pixel_values"])
+        proj = getattr(proj, "pooler_output", proj)
+        img = torch.stack([p.mean(0) for p in proj])  # [2, 64]
+        emb = model.get_input_embeddings()(batch["input_ids"])
+        txt_mask = batch["attention_mask"].bool() & (batch["input_ids"] != IMG)
+        txt = torch.stack([emb[b][txt_mask[b]].mean(0) for b in range(2)])
+    torch.testing.assert_close(feats[:, :64], torch.nn.functional.normalize(img, dim=-1))
+    torch.testing.assert_close(feats[:, 64:], torch.nn.functional.normalize(txt, dim=-1))
+    # a text-only sample (no image tokens) in the batch: zero image half, its text half unchanged
+    text_only = {k: v.clone() for k, v in batch.items()}
+    text_only["input_ids"][1, 1:17] = 20
+    text_only["pixel_values"] = batch["pixel_values"][:1]
+    with torch.no_grad():
+        mixed = task_features(model, text_only, IMG, "image_text")
+    assert torch.count_nonzero(mixed[1, :64]) == 0
+    torch.testing.assert_close(mixed[0], feats[0])
+    # several images for one sample cannot be attributed
+    two = {**batch, "pixel_values": torch.cat([batch["pixel_values"]] * 2)}
+    with pytest.raises(DymoeError, match="one image per sample"):
+        task_features(model, two, IMG, "image_text")
 
 
 def test_task_router_off_gives_no_group_mask_and_bad_state_is_rejected():
@@ -481,6 +558,66 @@ def test_options_are_validated():
     assert isinstance(m, DyMoE) and m.options.tau == 0.1 and m.describe()["token_mask_mode"] == "mask_old"
 
 
+def test_defaults_are_pinned():
+    """The defaults, with where each comes from (a change here must be deliberate; see DyMoEOptions)."""
+    o = DyMoE.Options()
+    # from the paper: τ, the three loss weights
+    assert (o.tau, o.rsr_exc, o.rsr_spe, o.aux_weight) == (0.2, 1e-3, 1e-3, 1e-3)
+    # the paper's L_aux, in the reading that is live at 16 of 16 experts (RESULTS.md "Load balancing")
+    assert o.aux_type == "switch_all"
+    # from the third-party port (preset "port"): two-sided TAG, RSR ramp after half a task, T_rsr 0.1
+    assert (o.preset, o.tag_two_sided, o.rsr_start, o.rsr_temperature) == ("port", True, 0.5, 0.1)
+    # upstream's token scopes, no pruning, no task router
+    assert (o.tag, o.tag_scope, o.reg_token_scope, o.token_mask_mode) == (True, "all", "all", "tag")
+    assert (o.prune_fraction, o.task_router, o.task_router_features) == (0.0, False, "image_text")
+
+
+def test_paper_preset_and_explicit_options_win():
+    p = build_method({"name": "dymoe", "preset": "paper"}).options
+    assert (p.tag_two_sided, p.rsr_start, p.rsr_temperature) == (False, 0.0, "route")
+    # an option given explicitly wins over its preset, in either direction
+    mixed = build_method({"name": "dymoe", "preset": "paper", "rsr_start": 0.25, "tag_two_sided": True}).options
+    assert (mixed.tag_two_sided, mixed.rsr_start, mixed.rsr_temperature) == (True, 0.25, "route")
+    port = build_method({"name": "dymoe", "rsr_temperature": 0.5}).options
+    assert (port.tag_two_sided, port.rsr_start, port.rsr_temperature) == (True, 0.5, 0.5)
+    with pytest.raises(ConfigError, match="preset"):
+        build_method({"name": "dymoe", "preset": "upstream"})
+    with pytest.raises(ConfigError, match="rsr_temperature"):
+        build_method({"name": "dymoe", "rsr_temperature": "hot"})
+    with pytest.raises(ConfigError, match="rsr_temperature"):
+        build_method({"name": "dymoe", "rsr_temperature": 0.0})
+
+
+def test_paper_preset_trains_one_sided_tag_and_full_rsr_at_the_routing_temperature():
+    method = DyMoE(DyMoE.Options(preset="paper"))
+    model, adapter = setup(method, temperature=0.05)
+    train_task(model, adapter, method, 0, BATCHES_1[:1])
+    method.before_task(TaskInfo(1, "task1", 2))
+    events = []
+    adapter.context.observers.append(events.append)
+    batch = BATCHES_2[0]
+    ctx = adapter.context
+    ctx.policy, ctx.group_mask = method.routing_policy("train"), method.group_mask(batch, "train")
+    ctx.recording = True
+    method.on_forward_start()
+    out = model(**batch)
+    ctx.recording = False
+    terms = method.loss_terms(batch, out, StepInfo(0, 4))  # the first step: full weight, no ramp
+    exc = {t: sum(rsr_losses(ev.scores, ev.layer.trainable_mask, ev.token_mask, 3, t)[0].item() for ev in events)
+           for t in (0.05, 0.1)}
+    assert terms["rsr_exc"].item() == pytest.approx(1e-3 * exc[0.05] / 14, rel=1e-5)  # T_rsr = the routing T
+    assert exc[0.05] != pytest.approx(exc[0.1], rel=1e-3)
+    # one-sided: new-dominant tokens keep the old group too (some token routes to both groups)
+    both = [((ev.weights[:, ev.layer.trainable_mask] > 0).any(1) & (ev.weights[:, ~ev.layer.trainable_mask] > 0).any(1))
+            for ev in events]
+    assert any(bool(b.any()) for b in both)
+    port = DyMoE()
+    port.task_index = 1
+    scores = events[0].scores.detach()
+    two = port._train_policy(scores, events[0].layer)
+    assert not (torch.isfinite(two[:, :4]).any(1) & torch.isfinite(two[:, 4:]).any(1)).any()
+
+
 @pytest.mark.parametrize("name,cls", [("dymoe", DyMoE), ("incmoelora", IncMoELoRA)])
 def test_shipped_coin_configs_load_and_build(name, cls, tiny_llava_dir):
     path = REPO / "configs" / "coin" / f"llava-1.5-7b-{name}.yaml"
@@ -501,7 +638,9 @@ def test_shipped_coin_configs_load_and_build(name, cls, tiny_llava_dir):
     assert type(method) is cls
     if cls is DyMoE:
         o = method.options
-        assert (o.tau, o.tag, o.rsr_exc, o.rsr_spe, o.aux_weight, o.aux_type) == (0.2, True, 1e-3, 1e-3, 1e-3, "switch")
+        assert (o.tau, o.tag, o.rsr_exc, o.rsr_spe, o.aux_weight, o.aux_type) == (0.2, True, 1e-3, 1e-3, 1e-3,
+                                                                                  "switch_all")
+        assert (o.preset, o.tag_two_sided, o.rsr_start, o.rsr_temperature) == ("port", True, 0.5, 0.1)
 
 
 def _task2_grads(gc: bool):

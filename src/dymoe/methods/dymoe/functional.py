@@ -20,7 +20,8 @@ from dymoe.layers.functional import route
 
 NEG_INF = float("-inf")
 ANALYSIS_MODES = ("none", "only_new", "mask_old", "only_ambiguous", "tag")
-AUX_TYPES = ("switch", "cv2", "none")
+#: load-balancing readings (see :func:`load_balance_loss`); ``switch`` is the older name of ``switch_local``
+AUX_TYPES = ("switch_all", "switch_new", "group", "switch_local", "switch", "cv2", "none")
 _CLAMP = 1e-8  # log clamp of L_spe (upstream)
 
 
@@ -216,30 +217,76 @@ def rsr_losses(
     return l_exc, masked_token_mean(bce, token_mask)
 
 
+def _masked_importance(p: torch.Tensor, m: torch.Tensor, n_tok: torch.Tensor) -> torch.Tensor:
+    """``P [E]``: the masked token mean of routing probabilities ``p [N, E]`` (``m [N]`` float, ``n_tok`` scalar)."""
+    return (p * m[:, None]).sum(0) / n_tok
+
+
+@torch.no_grad()
+def _dispatch_fraction(s: torch.Tensor, k: int, m: torch.Tensor, n_tok: torch.Tensor) -> torch.Tensor:
+    """``f [E]``: the fraction of (token, slot) assignments of each expert under top-``k`` of ``s [N, E]``.
+
+    Normalised by ``k`` so that ``Σ f = 1`` (DeepSpeed's top-k gating; the fraction of tokens whose top-K selects
+    expert i is ``K·f_i``). No gradient (the top-K choice is discrete).
+    """
+    top_idx = s.topk(k, dim=-1).indices  # [N, k]
+    hits = torch.zeros_like(s).scatter(-1, top_idx, 1.0)  # [N, E]
+    return (hits * m[:, None]).sum(0) / (n_tok * k)
+
+
+def _constant_one(scores: torch.Tensor) -> torch.Tensor:
+    # the loss is the constant 1 with zero gradient: skip the softmax and top-K, stay attached like the full form
+    return scores.float().sum() * 0.0 + 1.0
+
+
+def _group_onehot(new_mask: torch.Tensor | int, e: int, groups: torch.Tensor | None, device) -> torch.Tensor:
+    """``[E, G]`` float membership of experts in balance groups: ``groups`` as given, else old / new (G = 2)."""
+    if groups is not None:
+        return groups.to(device=device, dtype=torch.float32)
+    if isinstance(new_mask, int):
+        is_new = torch.arange(e, device=device) >= new_mask
+    else:
+        is_new = new_mask.to(device)
+    return torch.stack([~is_new, is_new], dim=1).float()  # [E, 2]
+
+
 def load_balance_loss(
     scores: torch.Tensor,
     new_mask: torch.Tensor | int,
     token_mask: torch.Tensor | None,
     top_k: int,
     temperature: float,
-    kind: str = "switch",
+    kind: str = "switch_all",
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Load balancing over the new group only (dymoe.md §6), on the unmasked scores.
+    """The load-balancing loss L_aux of one module (dymoe.md §6), on the unmasked raw scores, in fp32.
 
-    ``p_i = softmax_{j∈new}(s_j / T)_i`` and ``P_i`` its masked token mean.
+    The paper trains with "the standard load balancing loss applied only to new experts" at 1e-3 and does not give
+    its form. Readings (``p = softmax(s / T)`` over **all** ``E`` experts, ``P_i`` its masked token mean; ``f_i``
+    the fraction of (token, slot) assignments of expert ``i`` under top-``K`` over all experts, ``Σ_i f_i = 1``,
+    no gradient; ``f`` = ``P`` = uniform gives 1 for every Switch form):
 
-    - ``switch``: ``E_new · Σ_i f_i · P_i`` with ``f_i`` the fraction of (token, slot) assignments of the new
-      group's top-``k_new`` (``k_new = min(K, E_new)``; ``f`` has no gradient). When ``k_new = E_new`` (the DyMoE
-      default, top-16 over 16 new experts) ``f_i ≡ 1/E_new`` and the loss is the constant ``Σ P_i = 1``: it is
-      reported but has no gradient.
-    - ``cv2``: ``CV²(P) = var(P) / (mean(P)² + 1e-10)`` (unbiased variance, Shazeer et al.'s importance loss);
-      0 for a single new expert.
+    - ``switch_all``: ``E · Σ_{i ≤ E} f_i · P_i``: the Switch loss of the whole layer. Only the trainable group can
+      move, so only it is balanced against the frozen experts ("applied only to new experts" by the freeze).
+    - ``switch_new``: ``E · Σ_{i ∈ new} f_i · P_i``: the same terms, summed over the trainable group only.
+    - ``group``: ``G · Σ_g f_g · P_g`` with ``f_g = Σ_{i∈g} f_i`` and ``P_g = Σ_{i∈g} P_i`` over expert groups
+      (``groups [E, G]`` membership, e.g. one group per task; default: the old and the new group, G = 2): the
+      balance of load across groups, blind to the balance inside each.
+    - ``switch_local`` (``switch`` is its older name): ``E_new · Σ_{i∈new} f_i · P_i`` with ``p`` the softmax
+      over the new group only and ``f`` its top-``min(K, E_new)``. When ``K ≥ E_new`` (the papers' 16 of 16) every
+      token selects every new expert, ``f ≡ 1/E_new``, and the loss is the constant ``Σ P_i = 1``: no gradient.
+    - ``cv2``: ``CV²(P) = var(P) / (mean(P)² + 1e-10)`` over the new group's softmax (unbiased variance, Shazeer
+      et al.'s importance loss); 0 for a single new expert.
     - ``none``: 0.
 
+    ``switch_all`` is also constant when ``K ≥ E`` (the first task at the papers' settings: top-16 of 16 experts),
+    and ``group`` with a single group: both return 1 with zero gradient then.
+
     Args:
-        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool (may be all true, e.g. on the first task), or
-        the number of old experts (``0 <= k < E``);
-        token_mask: ``[N]`` bool or None; top_k: K; temperature: the routing temperature; kind: see above.
+        scores: ``[N, E]`` raw scores; new_mask: ``[E]`` bool (may be all true, e.g. on the first task), or the
+            number of (leading) old experts (``0 <= k < E``); token_mask: ``[N]`` bool or None (all tokens);
+            top_k: K; temperature: the routing temperature; kind: see above; groups: ``[E, G]`` bool/float
+            membership for ``group`` (None: old / new).
 
     Returns:
         a scalar (fp32).
@@ -248,33 +295,42 @@ def load_balance_loss(
         raise ValueError(f"aux loss type must be one of {AUX_TYPES}, got {kind!r}")
     if kind == "none":
         return scores.new_zeros((), dtype=torch.float32)
+    e = scores.shape[1]
     if isinstance(new_mask, int):
-        if not 0 <= new_mask < scores.shape[1]:
+        if not 0 <= new_mask < e:
             raise ValueError(f"load balancing: {new_mask} old experts of scores {tuple(scores.shape)}; expected 0 <= k < E")
-        n_new = scores.shape[1] - new_mask
+        n_new = e - new_mask
     else:
         n_new = int(new_mask.sum())
     if n_new == 0:
         return scores.new_zeros((), dtype=torch.float32)
-    if kind == "switch" and int(top_k) >= n_new:
-        # k_new = E_new: f_i ≡ 1/E_new, the loss is Σ P_i = 1 with no gradient; skip the softmax and top-K
-        return scores.float().sum() * 0.0 + 1.0  # attached to the graph (zero gradient), like the full form
-    s_new = _split(scores.float(), new_mask)[1]  # [N, E_new]
-    e_new = s_new.shape[1]
-    p = torch.softmax(s_new / temperature, dim=-1)  # [N, E_new]
-    m = torch.ones(s_new.shape[0], device=s_new.device) if token_mask is None else token_mask.float()  # [N]
+    if kind == "switch":
+        kind = "switch_local"
+    k = min(int(top_k), e)
+    if (kind == "switch_local" and int(top_k) >= n_new) or (kind == "switch_all" and k >= e):
+        return _constant_one(scores)
+    if kind == "group" and (groups.shape[1] < 2 if groups is not None else n_new == e):
+        return _constant_one(scores)  # a single group
+    s = scores.float()
+    m = torch.ones(s.shape[0], device=s.device) if token_mask is None else token_mask.float()  # [N]
     n_tok = m.sum().clamp_min(1.0)
-    importance = (p * m[:, None]).sum(0) / n_tok  # P [E_new]
-    if kind == "cv2":
-        if e_new < 2:
-            return importance.new_zeros(())
-        return importance.var() / (importance.mean() ** 2 + 1e-10)
-    k_new = min(int(top_k), e_new)
-    with torch.no_grad():
-        top_idx = s_new.topk(k_new, dim=-1).indices  # [N, k_new]
-        hits = torch.zeros_like(s_new).scatter(-1, top_idx, 1.0)  # [N, E_new]
-        frac = (hits * m[:, None]).sum(0) / (n_tok * k_new)  # f [E_new], sums to 1
-    return e_new * (frac * importance).sum()
+    if kind in ("switch_local", "cv2"):
+        s_new = _split(s, new_mask)[1]  # [N, E_new]
+        importance = _masked_importance(torch.softmax(s_new / temperature, dim=-1), m, n_tok)  # P [E_new]
+        if kind == "cv2":
+            if n_new < 2:
+                return importance.new_zeros(())
+            return importance.var() / (importance.mean() ** 2 + 1e-10)
+        frac = _dispatch_fraction(s_new, min(int(top_k), n_new), m, n_tok)  # f [E_new]
+        return n_new * (frac * importance).sum()
+    importance = _masked_importance(torch.softmax(s / temperature, dim=-1), m, n_tok)  # P [E]
+    frac = _dispatch_fraction(s, k, m, n_tok)  # f [E]
+    if kind == "switch_all":
+        return e * (frac * importance).sum()
+    if kind == "switch_new":
+        return e * _split((frac * importance)[None, :], new_mask)[1].sum()
+    member = _group_onehot(new_mask, e, groups, s.device)  # [E, G]
+    return member.shape[1] * ((frac @ member) * (importance @ member)).sum()
 
 
 def rsr_ramp(progress: float, start: float) -> float:

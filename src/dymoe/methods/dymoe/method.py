@@ -38,9 +38,10 @@ from dymoe.methods.dymoe.functional import (
 )
 from dymoe.methods.dymoe.stats import ExpertActivationStats, TokenTypeStats
 from dymoe.methods.dymoe.task_router import (
+    FEATURE_MODES,
     ROUTER_MODES,
-    embedding_features,
     nearest_prototype,
+    task_features,
     task_group_mask,
 )
 from dymoe.methods.incmoelora import IncMoELoRA
@@ -48,21 +49,55 @@ from dymoe.methods.incmoelora import IncMoELoRA
 PROTOTYPES_KEY = "task_prototypes"
 
 
+#: Values of the options that the paper leaves open and that come from a third-party port of the official code
+#: (dymoe.md [PORT]: "LLaVA-DyMoE ported to the TRACE LLM contract", unverified against upstream), and the plain
+#: reading of the paper's prose. ``method.preset`` picks one set; an option given explicitly wins over its preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    # [PORT]: two-sided TAG (A2), RSR off for the first half of each task then a linear ramp (A7), T_rsr = 0.1
+    "port": {"tag_two_sided": True, "rsr_start": 0.5, "rsr_temperature": 0.1},
+    # the paper's prose: TAG keeps old/ambiguous tokens off the new group and says nothing of the reverse (A2);
+    # "the weights of the load balancing, exclusivity and specialization losses [are set] to 1e-3" from the first
+    # step (no schedule, A7); RSR's "routing weights" are the router's own, i.e. at the routing temperature [INF]
+    "paper": {"tag_two_sided": False, "rsr_start": 0.0, "rsr_temperature": "route"},
+}
+
+
 @dataclass
 class DyMoEOptions:
-    """Options of ``dymoe`` (defaults: the paper / upstream, dymoe.md §8 and §14).
+    """Options of ``dymoe`` (dymoe.md §8 and §14). Where the paper is silent the default says where it comes from.
 
     Attributes:
-        tau: TAG threshold τ on D_rel: 0.2.
+        preset: ``port`` (default) or ``paper``: the values of ``tag_two_sided``, ``rsr_start`` and
+            ``rsr_temperature`` left unset (see :data:`PRESETS`). ``port`` takes them from a third-party port of the
+            official code (two-sided TAG, RSR switched on after half of each task with a linear ramp, T_rsr 0.1);
+            ``paper`` is the plain reading of the paper's prose (one-sided TAG, RSR from the first step at its
+            weight, RSR weights at the routing temperature).
+        tau: TAG threshold τ on D_rel: 0.2 (the paper's τ table; the port's default too).
         tag: Token Assignment Guidance on tasks ≥ 2 (training only).
-        tag_two_sided: also mask the old group for new-dominant tokens (upstream, A2); false = paper-level one-sided.
+        tag_two_sided: also mask the old group for new-dominant tokens, so each token routes within exactly one
+            group (A2). Preset ``port``: true (the port's TAG function, said to be verbatim upstream); ``paper``:
+            false (the paper only describes keeping old and ambiguous tokens off the new group).
         tag_scope: tokens TAG (or the analysis mask) applies to: ``all`` (upstream) or ``answer`` (label ≠ −100), A4.
-        rsr_exc: weight of the exclusivity loss L_exc: 1e-3.
-        rsr_spe: weight of the specialization loss L_spe: 1e-3.
-        rsr_temperature: softmax temperature T_rsr of RSR's top-K weights: 0.1.
-        rsr_start: fraction of each task before RSR starts ramping linearly to 1 (A7): 0.5; 0 = always on.
-        aux_type: load balancing over the new group: ``switch`` (E·Σ f·P; constant when K ≥ E_new), ``cv2``, ``none``.
-        aux_weight: weight λ of the load-balancing loss: 1e-3.
+        rsr_exc: weight of the exclusivity loss L_exc: 1e-3 (the paper).
+        rsr_spe: weight of the specialization loss L_spe: 1e-3 (the paper).
+        rsr_temperature: softmax temperature T_rsr of RSR's top-K weights, or ``route`` for the layer's routing
+            temperature. Preset ``port``: 0.1 (the port's ``dymoe_rsr_temperature``; not in the paper);
+            ``paper``: ``route``.
+        rsr_start: fraction of each task before RSR starts ramping linearly to 1 at the task's end (A7); 0 = the
+            full weight from the first step. Preset ``port``: 0.5 (the port's trainer; not in the paper);
+            ``paper``: 0.
+        aux_type: the reading of the load-balancing loss L_aux (the paper does not give its form; all readings in
+            :func:`~dymoe.methods.dymoe.functional.load_balance_loss`). Default ``switch_all``: the Switch loss
+            ``E·Σ f·P`` of the whole layer, with ``f`` from top-K over **all** experts, which only the trainable
+            group can move. It is live whenever ``K < E`` (tasks ≥ 2 at the papers' 16 of 16t): measured on
+            mini-CoIN, its gradient on the new router rows is non-zero from the first step of task 2 and it
+            changes the trained router (``benchmarks/aux_loss_probe.py``, RESULTS.md "Load balancing"). The
+            former reading ``switch_local`` (softmax and top-K inside the new group only) is the constant 1 with
+            no gradient whenever ``K ≥ E_new`` (16 of 16): "+ L_aux" was then IncMoELoRA bit for bit. Also
+            ``switch_new`` (the same terms summed over the new group only), ``group`` (balance across the task
+            groups: old ones and the new one), ``cv2`` (importance CV² over the new group), ``none`` (upstream
+            parity: the port says upstream never adds L_aux). ``switch`` = ``switch_local``.
+        aux_weight: weight λ of the load-balancing loss: 1e-3 (the paper).
         reg_token_scope: tokens the RSR/aux means run over: ``all`` non-pad tokens (upstream) or ``answer`` tokens.
         token_mask_mode: training mask of tasks ≥ 2: ``tag`` (TAG, if ``tag``), or a drift-analysis condition
             (§11) that replaces it: ``none`` (free routing), ``only_new``, ``mask_old``, ``only_ambiguous``.
@@ -70,20 +105,24 @@ class DyMoEOptions:
             experts per module (§12.3: 0, 1/8, 1/4).
         prune_stat_batches: activation frequency for pruning = over the last this-many training forwards (or, if
             none were recorded, a no-grad pass over this many training batches of the task).
-        task_router: §12.1: per-sample nearest task prototype (mean input embedding) restricts routing at eval.
+        task_router: §12.1: per-sample nearest task prototype restricts routing at eval.
         task_router_mode: ``cumulative`` (groups of tasks ≤ predicted) or ``only`` (the predicted task's group).
+        task_router_features: what a sample's prototype feature is made of: ``image_text`` (default, §12.1: the
+            mean of the frozen backbone's image features beside the mean of its text embeddings) or ``text`` (the
+            text embeddings only; tasks sharing a prompt look alike).
         task_router_batches: training batches averaged into each task's prototype.
     """
 
+    preset: Literal["port", "paper"] = "port"
     tau: float = 0.2
     tag: bool = True
-    tag_two_sided: bool = True
+    tag_two_sided: bool | None = None
     tag_scope: Literal["all", "answer"] = "all"
     rsr_exc: float = 1e-3
     rsr_spe: float = 1e-3
-    rsr_temperature: float = 0.1
-    rsr_start: float = 0.5
-    aux_type: Literal["switch", "cv2", "none"] = "switch"
+    rsr_temperature: float | Literal["route"] | None = None
+    rsr_start: float | None = None
+    aux_type: Literal["switch_all", "switch_new", "group", "switch_local", "switch", "cv2", "none"] = "switch_all"
     aux_weight: float = 1e-3
     reg_token_scope: Literal["all", "answer"] = "all"
     token_mask_mode: Literal["none", "only_new", "mask_old", "only_ambiguous", "tag"] = "tag"
@@ -91,25 +130,35 @@ class DyMoEOptions:
     prune_stat_batches: int = 64
     task_router: bool = False
     task_router_mode: Literal["cumulative", "only"] = "cumulative"
+    task_router_features: Literal["image_text", "text"] = "image_text"
     task_router_batches: int = 64
 
     def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ConfigError(f"method.preset must be one of {list(PRESETS)}, got {self.preset!r}")
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         choices = {
             "tag_scope": ("all", "answer"),
             "reg_token_scope": ("all", "answer"),
             "aux_type": AUX_TYPES,
             "token_mask_mode": ANALYSIS_MODES,
             "task_router_mode": ROUTER_MODES,
+            "task_router_features": FEATURE_MODES,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        if self.rsr_temperature != "route" and not (
+            isinstance(self.rsr_temperature, (int, float)) and self.rsr_temperature > 0
+        ):
+            raise ConfigError(f"method.rsr_temperature must be > 0 or 'route', got {self.rsr_temperature!r}")
         ranges = [
             ("tau", self.tau >= 0, ">= 0"),
             ("rsr_exc", self.rsr_exc >= 0, ">= 0"),
             ("rsr_spe", self.rsr_spe >= 0, ">= 0"),
             ("aux_weight", self.aux_weight >= 0, ">= 0"),
-            ("rsr_temperature", self.rsr_temperature > 0, "> 0"),
             ("rsr_start", 0 <= self.rsr_start < 1, "in [0, 1)"),
             ("prune_fraction", 0 <= self.prune_fraction < 1, "in [0, 1)"),
             ("prune_stat_batches", self.prune_stat_batches >= 1, ">= 1"),
@@ -123,6 +172,12 @@ class DyMoEOptions:
     def train_mask_mode(self) -> str:
         """The effective training mask: ``token_mask_mode`` with ``tag`` turned into ``none`` when TAG is off."""
         return "none" if self.token_mask_mode == "tag" and not self.tag else self.token_mask_mode
+
+
+def task_groups(layer: MoELoRALinear) -> torch.Tensor:
+    """``[E, G]`` bool: which of the layer's groups (one per task, in bank order) each expert belongs to."""
+    ids = torch.tensor(layer.groups, device=layer.expert_group.device)  # [G], from the host-side list: no sync
+    return layer.expert_group[:, None] == ids[None, :]
 
 
 def newest_group_mask(layer: MoELoRALinear) -> torch.Tensor | None:
@@ -163,6 +218,8 @@ class DyMoE(IncMoELoRA):
         self._events: list[RoutingEvent] = []
         self._names: dict[int, str] = {}
         self._answer_mask: torch.Tensor | None = None  # [B*T] of the current training batch
+        self._eval_task: tuple[int, str] | None = None  # (index, name) of the test set being evaluated
+        self._router_counts: dict[int, tuple[str, torch.Tensor]] = {}  # task index -> (name, [P] predictions)
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, model: torch.nn.Module, adapter) -> None:
@@ -240,6 +297,7 @@ class DyMoE(IncMoELoRA):
         if not self.options.task_router or self.prototypes is None or self.model is None:
             return None
         predicted = self.predict_task(batch)  # [B]
+        self._record_prediction(predicted)
         groups = self.adapter.groups() if self.adapter is not None else []
         num_groups = max([self.prototypes.shape[0], *(g + 1 for g in groups)])
         return task_group_mask(predicted, num_groups, self.options.task_router_mode)
@@ -294,8 +352,10 @@ class DyMoE(IncMoELoRA):
             total = zero
             for ev in events:
                 layer = ev.layer
+                groups = task_groups(layer) if opts.aux_type == "group" else None
                 total = total + load_balance_loss(
-                    ev.scores, layer.num_frozen, self._reg_mask(ev), layer.top_k, layer.temperature, opts.aux_type
+                    ev.scores, layer.num_frozen, self._reg_mask(ev), layer.top_k, layer.temperature, opts.aux_type,
+                    groups,
                 )
             terms["aux"] = opts.aux_weight * total / n_mod
         rsr_weights = {"rsr_exc": opts.rsr_exc, "rsr_spe": opts.rsr_spe}
@@ -308,9 +368,8 @@ class DyMoE(IncMoELoRA):
                     layer = ev.layer
                     if layer.num_frozen == 0:
                         continue
-                    l_exc, l_spe = rsr_losses(
-                        ev.scores, layer.num_frozen, self._reg_mask(ev), layer.top_k, opts.rsr_temperature
-                    )
+                    t_rsr = layer.temperature if opts.rsr_temperature == "route" else opts.rsr_temperature
+                    l_exc, l_spe = rsr_losses(ev.scores, layer.num_frozen, self._reg_mask(ev), layer.top_k, t_rsr)
                     exc, spe = exc + l_exc, spe + l_spe
             values = {"rsr_exc": exc, "rsr_spe": spe}
             for key, weight in rsr_weights.items():
@@ -389,13 +448,67 @@ class DyMoE(IncMoELoRA):
             return None
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Task-router feature ``[B, d]`` of a batch (mean input embedding over non-pad, non-image tokens)."""
-        return embedding_features(self.model, batch, self._image_token_id())
+        """Task-router feature ``[B, d]`` of a batch (``task_router_features``, see :mod:`.task_router`)."""
+        return task_features(self.model, batch, self._image_token_id(), self.options.task_router_features)
 
     def predict_task(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B]`` index of the nearest task prototype (needs :attr:`prototypes`)."""
         feats = self.features(batch)
+        if feats.shape[1] != self.prototypes.shape[1]:
+            raise DymoeError(
+                f"task-router features have {feats.shape[1]} dimensions but the stored prototypes {self.prototypes.shape[1]}: "
+                f"they were computed with another method.task_router_features than {self.options.task_router_features!r}"
+            )
         return nearest_prototype(feats, self.prototypes.to(feats.device))
+
+    # ------------------------------------------------------------------ task-router accuracy at evaluation
+    def begin_evaluation(self, index: int, name: str) -> None:
+        """The evaluation batches that follow come from task ``index``'s test set (the router's true label)."""
+        self._eval_task = (index, name)
+        if self.options.task_router and self.prototypes is not None and index not in self._router_counts:
+            # an entry even if this process gets no batch of the task, so the processes' tables line up
+            self._router_counts[index] = (name, torch.zeros(self.prototypes.shape[0], dtype=torch.long))
+
+    def _record_prediction(self, predicted: torch.Tensor) -> None:
+        if self._eval_task is None:
+            return
+        index, name = self._eval_task
+        p = self.prototypes.shape[0]
+        counts = torch.bincount(predicted.detach().cpu(), minlength=p)  # [P]
+        prev = self._router_counts.get(index)
+        if prev is not None and prev[1].numel() == p:
+            counts = counts + prev[1]
+        self._router_counts[index] = (name, counts)
+
+    def evaluation_metrics(self) -> dict:
+        """The task router's accuracy on the test sets evaluated since the last call (then reset); {} when off.
+
+        ``{"task_router": {"accuracy": {task: %}, "mean": %, "samples": {task: n}, "predicted": {task: [counts per
+        prototype]}}}``, summed over the processes of a distributed run (every process must call this).
+        """
+        counts, self._router_counts, self._eval_task = self._router_counts, {}, None
+        if not self.options.task_router or self.prototypes is None:
+            return {}
+        p = self.prototypes.shape[0]
+        indices = sorted(counts)
+        table = torch.stack([counts[i][1] if counts[i][1].numel() == p else torch.zeros(p, dtype=torch.long)
+                             for i in indices]) if indices else torch.zeros(0, p, dtype=torch.long)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+            # every process evaluated the same tasks (the runner's loop), so the tables line up
+            table = table.to(dev)
+            torch.distributed.all_reduce(table)
+            table = table.cpu()
+        if not indices:
+            return {}
+        acc, samples, predicted = {}, {}, {}
+        for row, i in zip(table.tolist(), indices):
+            name, n = counts[i][0], sum(row)
+            samples[name] = n
+            predicted[name] = row
+            acc[name] = round(100.0 * row[i] / n, 2) if n and i < p else 0.0
+        return {"task_router": {"accuracy": acc, "mean": round(sum(acc.values()) / len(acc), 2), "samples": samples,
+                                "predicted": predicted}}
 
     @torch.no_grad()
     def update_prototype(self, task: TaskInfo, trainer: Any) -> torch.Tensor:
