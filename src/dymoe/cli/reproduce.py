@@ -1,5 +1,6 @@
 """``dymoe reproduce main-table|ablation``: a DyMoE paper table (the main table of eight methods, or the component
-ablation IncMoELoRA → +L_aux → +TAG → +L_exc → +L_spe), every row under one budget, mean ± std over seeds."""
+ablation IncMoELoRA → +L_aux → +TAG → +L_exc → +L_spe), mean ± std over seeds; the main table under the baselines'
+own papers' settings (``--budget paper``) or one shared budget (``--budget equal``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ def register(sub) -> None:
     p.add_argument("--output", "-o", default=None,
                    help="output folder (default runs/main-table for both tables, so the ablation reuses the main "
                         "table's IncMoELoRA and LLaVA-DyMoE runs)")
+    p.add_argument("--budget", choices=["paper", "equal"], default=None,
+                   help="main table: 'paper' = each baseline at its own paper's settings (default on coin), 'equal' "
+                        "= every baseline at one DyMoE task's LoRA budget, projector frozen (default on minicoin)")
     p.add_argument("--methods", default=None, help="comma-separated labels (default: every row of the plan)")
     p.add_argument("--plan", default=None, help="a plan YAML (default configs/reproduce/<table>.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -26,6 +30,6 @@ def run(args) -> int:
     reproduce(
         args.output or "runs/main-table", benchmark=args.benchmark, seeds=args.seeds, backbone=args.backbone,
         methods=args.methods.split(",") if args.methods else None, overrides=args.overrides,
-        plan_path=args.plan, table=args.table,
+        plan_path=args.plan, table=args.table, budget=args.budget,
     )
     return 0

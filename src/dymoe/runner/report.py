@@ -471,8 +471,12 @@ def compare_runs(
     *,
     group_by: str = "label",
     reference: Mapping[str, Mapping[str, float]] | None = None,
+    params: bool = False,
 ) -> tuple[str, str]:
     """Side-by-side table of runs, like the papers' main table; returns ``(markdown, csv)``.
+
+    ``params``: add a column ``trainable/task`` after ``n`` (``metrics.json``'s ``trainable_params``: what the
+    optimizer trained on the last task, adapter plus any trained projector; the largest of the group's runs).
 
     One row per group (``group_by="label"``: the ``label`` of metrics.json, falling back to the method name;
     ``"method"``: the method name), in order of first appearance. Columns: ``n`` (runs in the group), the final
@@ -509,15 +513,31 @@ def compare_runs(
         cells = {c: (float(values[c]), None) if c in values else (None, None) for c in columns}
         rows.append((f"{label} (paper)", 0, "paper", cells))
 
-    md = ["| Method | n | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    counts = {label: max((int(r.info.get("trainable_params") or 0) for r in group), default=0)
+              for label, group in _group(runs, group_by).items()} if params else {}
+    head = ["Method", "n", *(["trainable/task"] if params else []), *columns]
+    md = ["| " + " | ".join(head) + " |", "|---|---:|" + ("---:|" if params else "") + "---:|" * len(columns)]
     for label, n, source, cells in rows:
         shown = [_mean_pm(*cells[c]) if source == "measured" or cells[c][0] is not None else "" for c in columns]
-        md.append(f"| {_cell(label)} | {n if source == 'measured' else ''} | " + " | ".join(shown) + " |")
+        lead = [_cell(label), str(n) if source == "measured" else ""]
+        if params:
+            lead.append(_human(counts[label]) if source == "measured" and counts.get(label) else "")
+        md.append("| " + " | ".join(lead + shown) + " |")
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "n", "source", *(name for c in columns for name in (c, f"{c}_std"))])
+    writer.writerow(["method", "n", "source", *(["trainable_params"] if params else []),
+                     *(name for c in columns for name in (c, f"{c}_std"))])
     for label, n, source, cells in rows:
         values = [("" if v is None else f"{v:.4f}") for c in columns for v in cells[c]]
-        writer.writerow([label, n if source == "measured" else "", source, *values])
+        extra = [counts.get(label, "") if source == "measured" else ""] if params else []
+        writer.writerow([label, n if source == "measured" else "", source, *extra, *values])
     return "\n".join(md) + "\n", buf.getvalue()
+
+
+def _human(n: int) -> str:
+    """``1234567`` → ``1.23M``; ``45100`` → ``45.1K``; below 1000 as is."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)

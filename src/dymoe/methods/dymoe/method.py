@@ -7,9 +7,11 @@ and reachable (:class:`~dymoe.methods.incmoelora.IncMoELoRA`). On tasks ≥ 2, d
   group and (two-sided, upstream) new-dominant tokens off the old group;
 - **RSR** (§5): exclusivity and specialization losses on the unmasked scores, weighted by the ramp ρ(p) (§7).
 
-On every task: the load-balancing loss ``aux`` over the new group (§6). Per-module losses are averaged over the
-wrapped modules. Inference routes top-K over all experts with no constraint (unless the task router of §12.1 is on).
-With ``tag=False``, both RSR weights 0 and ``aux_type="none"`` this is exactly IncMoELoRA.
+On every task: the load-balancing loss ``aux`` (§6; default the layer's Switch loss with top-K over all experts,
+which only the trainable group can move: constant on task 1 at top-16 of 16, live from task 2). Per-module losses
+are averaged over the wrapped modules. Options the paper leaves open come in two presets (``port``, the default,
+and ``paper``; :data:`PRESETS`). Inference routes top-K over all experts with no constraint (unless the task
+router of §12.1 is on). With ``tag=False``, both RSR weights 0 and ``aux_type="none"`` this is exactly IncMoELoRA.
 
 The math lives in :mod:`dymoe.methods.dymoe.functional`; this file only wires it to the expert layers. The layer reports
 each forward's routing through an observer; losses are computed after the forward (gradient checkpointing safe).

@@ -1,0 +1,123 @@
+"""Training the projector beside the adapter (``projector_lr``): trainable, its own optimizer group, saved and
+restored with the method state, covered by LwF's teacher and EWC's Fisher, fp32 master weights under bf16."""
+
+import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from dymoe.errors import ConfigError
+from dymoe.injection import AdapterConfig, inject
+from dymoe.methods import TaskInfo, build_method
+from dymoe.methods.projector import STATE_PREFIX, find_projector
+from dymoe.models.tiny import preset_config
+from dymoe.runner.trainer import param_groups
+
+
+def tiny(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(preset_config("test", 512)).to(dtype).eval()
+
+
+def build(spec, seed=0, dtype=torch.float32):
+    model = tiny(seed, dtype)
+    method = build_method(spec)
+    adapter = inject(model, method.configure_adapter(AdapterConfig(experts_per_group=4, expert_rank=2, dropout=0.0)))
+    method.setup(model, adapter)
+    method.before_task(TaskInfo(0, "t0", 2))
+    return model, adapter, method
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, 500, (2, 1 + 16 + 8), generator=g)
+    ids[:, 0], ids[:, 1:17] = 1, 4
+    labels = torch.full_like(ids, -100)
+    labels[:, -3:] = ids[:, -3:]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+            "pixel_values": torch.randn(2, 3, 16, 16, generator=g)}
+
+
+def test_projector_is_found_and_frozen_unless_asked():
+    name, module = find_projector(tiny())
+    assert name == "model.multi_modal_projector"
+    assert sum(p.numel() for p in module.parameters()) == (32 * 64 + 64) + (64 * 64 + 64)  # 32 -> 64 -> 64
+    _, _, frozen = build({"name": "lora"})
+    assert frozen.projector is None and frozen.extra_parameters() == [] and frozen.lr_groups() == []
+    assert frozen.state_dict() == {}
+
+
+def test_projector_trains_at_its_own_learning_rate_and_round_trips():
+    model, adapter, method = build({"name": "lora", "projector_lr": 1e-3})
+    proj = dict(model.model.multi_modal_projector.named_parameters())
+    assert all(p.requires_grad for p in proj.values())
+    assert [id(p) for p in method.extra_parameters()] == [id(p) for p in proj.values()]
+    params = adapter.trainable_parameters() + method.extra_parameters()
+    groups = param_groups(params, method)
+    assert [g["name"] for g in groups] == ["main", "projector"] and groups[1]["lr"] == 1e-3
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in adapter.trainable_parameters()}
+    opt = torch.optim.AdamW(groups, lr=5e-2)
+    assert [g["lr"] for g in opt.param_groups] == [5e-2, 1e-3]
+    before = {k: v.detach().clone() for k, v in proj.items()}
+    model.train()
+    model(**batch()).loss.backward()
+    opt.step()
+    # Adam's first step moves every weight with a gradient by ~lr: the projector's by its own 1e-3
+    step = (proj["linear_2.weight"].detach() - before["linear_2.weight"]).abs()
+    assert 0.5e-3 < float(step.max()) < 1.5e-3
+    # the method state carries the projector; a fresh model + method gets it back bit for bit
+    state = method.state_dict()
+    assert sorted(state) == sorted(f"{STATE_PREFIX}{k}" for k in proj)
+    model2, _, method2 = build({"name": "lora", "projector_lr": 1e-3}, seed=1)
+    method2.load_state_dict({k: v.clone() for k, v in state.items()})
+    for k, v in model2.model.multi_modal_projector.named_parameters():
+        assert torch.equal(v, proj[k])
+    with pytest.raises(ValueError, match="missing"):
+        method2.load_state_dict({})
+    with pytest.raises(ValueError, match="projector_lr is unset"):
+        build({"name": "lora"})[2].load_state_dict(state)
+
+
+def test_lwf_teacher_and_ewc_fisher_cover_the_projector():
+    _, _, lwf = build({"name": "lwf", "projector_lr": 1e-3})
+    lwf.before_task(TaskInfo(1, "t1", 2))
+    assert any(k.startswith("model.multi_modal_projector.") for k in lwf.teacher)
+    assert set(lwf.teacher) == set(lwf.trainable_tensors())
+    state = lwf.state_dict()
+    assert any(k.startswith(STATE_PREFIX) for k in state) and any(k.startswith("teacher.") for k in state)
+    lwf.load_state_dict(state)
+
+    class Trainer:
+        def iter_batches(self, n, batch_size=None, seed=0):
+            yield from (batch(s) for s in range(n))
+
+    _, _, ewc = build({"name": "ewc", "projector_lr": 1e-3, "fisher_batches": 2})
+    ewc.after_task(TaskInfo(0, "t0", 2), Trainer())
+    assert {k for k in ewc.fisher if "multi_modal_projector" in k} == {
+        f"model.multi_modal_projector.{n}" for n, _ in ewc.projector.module.named_parameters()}
+    assert all(float(ewc.fisher[k].sum()) > 0 for k in ewc.fisher if "multi_modal_projector" in k)
+    ewc.load_state_dict(ewc.state_dict())
+
+
+def test_bf16_model_trains_an_fp32_projector():
+    model, _, method = build({"name": "moelora", "projector_lr": 2e-5}, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in method.extra_parameters())
+    out = model.model.multi_modal_projector(torch.randn(1, 16, 32, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16  # the rest of the model keeps its dtype
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch().items() if k != "labels"}).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_bad_projector_options():
+    with pytest.raises(ConfigError, match="projector_lr"):
+        build_method({"name": "lora", "projector_lr": 0.0})
+    with pytest.raises(ConfigError, match="projector_lr"):
+        build_method({"name": "olora", "projector_lr": -1.0})
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2))
+    method = build_method({"name": "lora", "projector_lr": 1e-3})
+    adapter = inject(lm, method.configure_adapter(AdapterConfig(dropout=0.0)))
+    with pytest.raises(ConfigError, match="no vision-language projector"):
+        method.setup(lm, adapter)
