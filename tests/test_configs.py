@@ -35,7 +35,7 @@ def test_every_yaml_parses_and_validates(path, tmp_path):
     elif rel[0] == "reproduce":
         plan = load_plan(path)
         assert all(p.is_file() for p in plan.base.values())
-        assert [label for label, _ in plan.methods][-1] == "LLaVA-DyMoE"
+        assert "LLaVA-DyMoE" in [label for label, _ in plan.methods]
     elif set(data) <= RUN_KEYS:
         cfg = load_config(path, ["backbone.path=tiny:test"])
         method = build_method(cfg.method)
@@ -62,10 +62,25 @@ def test_ablation_plan_is_cumulative_and_shares_its_ends_with_the_main_table():
         options.append((method.name, getattr(method, "options", None)))
     assert options[0][0] == "incmoelora"
     aux, tag, exc, full = (o for _, o in options[1:])
-    assert (aux.tag, aux.rsr_exc, aux.rsr_spe, aux.aux_weight) == (False, 0.0, 0.0, 1e-3)
+    assert (aux.tag, aux.rsr_exc, aux.rsr_spe, aux.aux_weight, aux.aux_type) == (False, 0.0, 0.0, 1e-3, "switch_all")
     assert (tag.tag, tag.rsr_exc, tag.rsr_spe) == (True, 0.0, 0.0)
     assert (exc.tag, exc.rsr_exc, exc.rsr_spe) == (True, 1e-3, 0.0)
-    assert (full.tag, full.rsr_exc, full.rsr_spe, full.aux_type) == (True, 1e-3, 1e-3, "switch")
+    assert (full.tag, full.rsr_exc, full.rsr_spe, full.aux_type) == (True, 1e-3, 1e-3, "switch_all")
+
+
+def test_task_router_plan_shares_dymoe_with_the_main_table():
+    from dymoe.runner.reproduce import TABLES
+
+    main_plan, router = load_plan(TABLES["main-table"]), load_plan(TABLES["task-router"])
+    rows = dict(router.methods)
+    assert rows["LLaVA-DyMoE"] == dict(main_plan.methods)["LLaVA-DyMoE"]
+    for label, sets in router.methods:
+        opts = build_method(load_config(router.base["coin"], [*sets, "backbone.path=tiny:test"]).method).options
+        assert opts.task_router == (label != "LLaVA-DyMoE")
+        assert opts.task_router_features == ("text" if "text only" in label else "image_text")
+    for label, row in router.paper.items():  # Table 12: MFN is the mean of the final row
+        tasks = [v for k, v in row.items() if k not in ("MFN", "MAA", "BWT")]
+        assert abs(sum(tasks) / 8 - row["MFN"]) < 0.01, label
 
 
 def test_main_table_plan_names_registered_methods():

@@ -154,3 +154,23 @@ def test_coin_budgets_train_the_hand_counted_parameters(budget, tiny_llava_dir):
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == got  # nothing else trains
         scaling = {m.scaling for m in adapter.modules.values()}
         assert scaling == {2.0}, row.label  # alpha tied to 2 x the rank: CoIN's r128 / alpha 256 included
+
+
+def test_task_router_table_averages_the_last_row_over_seeds(tmp_path):
+    from dymoe.runner.reproduce import task_router_table
+
+    dirs = []
+    for seed, (a, b) in enumerate(((100.0, 50.0), (80.0, 70.0))):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        router = {"after_task_1": {"task_router": {"accuracy": {"A": 0.0}, "mean": 0.0}},
+                  "after_task_2": {"task_router": {"accuracy": {"A": a, "B": b}, "mean": (a + b) / 2}}}
+        (d / "metrics.json").write_text(json.dumps({"label": "+ Task Router", "method_eval": router}))
+        dirs.append(d)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "metrics.json").write_text(json.dumps({"label": "LLaVA-DyMoE"}))
+    table = task_router_table([*dirs, plain])
+    assert "| Method | n | A | B | mean |" in table
+    assert "| + Task Router | 2 | 90.00 ± 14.14 | 60.00 ± 14.14 | 75.00 ± 0.00 |" in table
+    assert "LLaVA-DyMoE" not in table and task_router_table([plain]) == ""

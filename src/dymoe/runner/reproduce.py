@@ -31,7 +31,8 @@ from dymoe.io import atomic_write_json, atomic_write_text, read_yaml_mapping
 
 PLAN_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
 #: the tables ``dymoe reproduce`` knows, and their plans
-TABLES = {"main-table": PLAN_DIR / "main-table.yaml", "ablation": PLAN_DIR / "ablation.yaml"}
+TABLES = {"main-table": PLAN_DIR / "main-table.yaml", "ablation": PLAN_DIR / "ablation.yaml",
+          "task-router": PLAN_DIR / "task-router.yaml"}
 DEFAULT_PLAN = TABLES["main-table"]
 
 
@@ -140,6 +141,35 @@ def run_dir_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
 
 
+def task_router_table(run_dirs: list[Path]) -> str:
+    """Markdown: the task router's accuracy per task after each run's last task (``metrics.json`` ``method_eval``),
+    mean ± std over the runs of each label; empty when no run has a task router."""
+    import statistics
+
+    per_label: dict[str, list[dict[str, float]]] = {}
+    for d in run_dirs:
+        m = json.loads((Path(d) / "metrics.json").read_text())
+        rows = {int(k.rsplit("_", 1)[1]): v.get("task_router") for k, v in (m.get("method_eval") or {}).items()}
+        rows = {k: v for k, v in rows.items() if v}
+        if rows:
+            last = rows[max(rows)]
+            per_label.setdefault(m.get("label") or m.get("method"), []).append({**last["accuracy"], "mean": last["mean"]})
+    if not per_label:
+        return ""
+    cols = list(next(iter(per_label.values()))[0])
+
+    def cell(vals: list[float]) -> str:
+        if len(vals) == 1:
+            return f"{vals[0]:.2f}"
+        return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+    lines = ["Task-router accuracy (%: test samples routed to their own task's prototype, after the last task)", "",
+             "| Method | n | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for label, runs in per_label.items():
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cell([r.get(c, 0.0) for r in runs]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def reproduce(
     output: str | Path,
     *,
@@ -197,6 +227,9 @@ def reproduce(
     tasks = json.loads((run_dirs[0] / "matrix.json").read_text())["tasks"]
     reference = paper_rows(plan, [r.label for r in chosen], tasks)
     markdown, csv_text = compare_runs(run_dirs, reference=reference, params=True)
+    router = task_router_table(run_dirs)
+    if router:
+        markdown = f"{markdown}\n{router}"
     if budget:
         markdown = f"Budget: {budget}.\n\n{markdown}"
     atomic_write_text(output / f"{stem}.md", markdown)
