@@ -8,7 +8,8 @@ from transformers import LlavaForConditionalGeneration
 from dymoe.errors import ConfigError
 from dymoe.injection import AdapterConfig, inject
 from dymoe.methods import TaskInfo, build_method
-from dymoe.methods.projector import STATE_PREFIX, find_projector
+from dymoe.methods.base import attach_method_modules
+from dymoe.methods.projector import find_projector
 from dymoe.models.tiny import preset_config
 from dymoe.runner.trainer import param_groups
 
@@ -21,6 +22,7 @@ def tiny(seed=0, dtype=torch.float32):
 def build(spec, seed=0, dtype=torch.float32):
     model = tiny(seed, dtype)
     method = build_method(spec)
+    attach_method_modules(model, method)  # as the runner does
     adapter = inject(model, method.configure_adapter(AdapterConfig(experts_per_group=4, expert_rank=2, dropout=0.0)))
     method.setup(model, adapter)
     method.before_task(TaskInfo(0, "t0", 2))
@@ -43,7 +45,7 @@ def test_projector_is_found_and_frozen_unless_asked():
     assert sum(p.numel() for p in module.parameters()) == (32 * 64 + 64) + (64 * 64 + 64)  # 32 -> 64 -> 64
     _, _, frozen = build({"name": "lora"})
     assert frozen.projector is None and frozen.extra_parameters() == [] and frozen.lr_groups() == []
-    assert frozen.state_dict() == {}
+    assert frozen.checkpoint_state() == {}
 
 
 def test_projector_trains_at_its_own_learning_rate_and_round_trips():
@@ -64,17 +66,27 @@ def test_projector_trains_at_its_own_learning_rate_and_round_trips():
     # Adam's first step moves every weight with a gradient by ~lr: the projector's by its own 1e-3
     step = (proj["linear_2.weight"].detach() - before["linear_2.weight"]).abs()
     assert 0.5e-3 < float(step.max()) < 1.5e-3
-    # the method state carries the projector; a fresh model + method gets it back bit for bit
-    state = method.state_dict()
-    assert sorted(state) == sorted(f"{STATE_PREFIX}{k}" for k in proj)
+    # the method state carries the projector (an owned module); a fresh model + method gets it back bit for bit
+    state = method.checkpoint_state()
+    assert sorted(state) == sorted(f"module.projector.{k}" for k in proj)
     model2, _, method2 = build({"name": "lora", "projector_lr": 1e-3}, seed=1)
-    method2.load_state_dict({k: v.clone() for k, v in state.items()})
+    method2.load_checkpoint_state({k: v.clone() for k, v in state.items()})
     for k, v in model2.model.multi_modal_projector.named_parameters():
         assert torch.equal(v, proj[k])
-    with pytest.raises(ValueError, match="missing"):
-        method2.load_state_dict({})
-    with pytest.raises(ValueError, match="projector_lr is unset"):
-        build({"name": "lora"})[2].load_state_dict(state)
+    # the model holds it once: the owned-module alias adds no parameter
+    assert sum(p.numel() for p in model2.parameters() if p.requires_grad) == (
+        sum(p.numel() for p in method2.extra_parameters()) + method2.adapter.num_parameters(trainable_only=True))
+    with pytest.raises(ValueError, match="do not match"):
+        method2.load_checkpoint_state({})
+    with pytest.raises(ValueError, match="do not match"):
+        build({"name": "lora"})[2].load_checkpoint_state(state)
+    # a batch without images still touches the projector (zero loss term), as DDP needs
+    text_only = {k: v for k, v in batch().items() if k != "pixel_values"}
+    terms = method.loss_terms(text_only, None, None)
+    assert set(terms) == {"projector_idle"} and terms["projector_idle"].item() == 0.0
+    terms["projector_idle"].backward()
+    assert all(p.grad is not None for p in method.extra_parameters())
+    assert method.loss_terms(batch(), None, None) == {}
 
 
 def test_lwf_teacher_and_ewc_fisher_cover_the_projector():
@@ -82,9 +94,9 @@ def test_lwf_teacher_and_ewc_fisher_cover_the_projector():
     lwf.before_task(TaskInfo(1, "t1", 2))
     assert any(k.startswith("model.multi_modal_projector.") for k in lwf.teacher)
     assert set(lwf.teacher) == set(lwf.trainable_tensors())
-    state = lwf.state_dict()
-    assert any(k.startswith(STATE_PREFIX) for k in state) and any(k.startswith("teacher.") for k in state)
-    lwf.load_state_dict(state)
+    state = lwf.checkpoint_state()
+    assert any(k.startswith("module.projector.") for k in state) and any(k.startswith("teacher.") for k in state)
+    lwf.load_checkpoint_state(state)
 
     class Trainer:
         def iter_batches(self, n, batch_size=None, seed=0):
@@ -95,7 +107,7 @@ def test_lwf_teacher_and_ewc_fisher_cover_the_projector():
     assert {k for k in ewc.fisher if "multi_modal_projector" in k} == {
         f"model.multi_modal_projector.{n}" for n, _ in ewc.projector.module.named_parameters()}
     assert all(float(ewc.fisher[k].sum()) > 0 for k in ewc.fisher if "multi_modal_projector" in k)
-    ewc.load_state_dict(ewc.state_dict())
+    ewc.load_checkpoint_state(ewc.checkpoint_state())
 
 
 def test_bf16_model_trains_an_fp32_projector():

@@ -67,6 +67,9 @@ CASES: dict[str, list[str]] = {name: [f"method.name={name}"]
                                for name in [*METHODS.names(), ProjectedIncMoELoRA.name, PlannerMethod.name]}
 CASES["incmoelora+replay"] = ["method.name=incmoelora", "replay.samples_per_task=2"]
 CASES["dymoe+prune"] = ["method.name=dymoe", "method.prune_fraction=0.25"]
+# CoIN's baselines train the real projector (an owned module at its own lr); ScienceQA's text-only samples make
+# image-less micro-batches, where only the zero "projector_idle" term keeps it in DDP's reduction
+CASES["lora+projector"] = ["method.name=lora", "method.projector_lr=1.0e-3"]
 
 
 def checkpoint_tensors(run_dir: Path, k: int, task: str) -> dict[str, torch.Tensor]:
