@@ -90,8 +90,20 @@ def test_projector_trains_at_its_own_learning_rate_and_round_trips():
 
 
 def test_lwf_teacher_and_ewc_fisher_cover_the_projector():
-    _, _, lwf = build({"name": "lwf", "projector_lr": 1e-3})
+    model, _, lwf = build({"name": "lwf", "projector_lr": 1e-3})
+    with torch.no_grad():
+        for p in lwf.trainable_tensors().values():
+            p.normal_(std=0.05)  # "task 1" left the LoRA and the projector somewhere
+    inputs = {k: v for k, v in batch(5).items() if k != "labels"}
+    with torch.no_grad():
+        before = model(**inputs).logits
     lwf.before_task(TaskInfo(1, "t1", 2))
+    with torch.no_grad():
+        for p in lwf.trainable_tensors().values():
+            p.add_(0.05)  # task 2 trains both
+        assert not torch.allclose(model(**inputs).logits, before)
+    # the teacher is the whole pre-task model: LoRA *and* projector swapped back in
+    torch.testing.assert_close(lwf.teacher_logits(batch(5)), before, rtol=1e-5, atol=1e-6)
     assert any(k.startswith("model.multi_modal_projector.") for k in lwf.teacher)
     assert set(lwf.teacher) == set(lwf.trainable_tensors())
     state = lwf.checkpoint_state()
