@@ -3,6 +3,7 @@ restored with the method state, covered by LwF's teacher and EWC's Fisher, fp32 
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import LlavaForConditionalGeneration
 
 from dymoe.errors import ConfigError
@@ -89,7 +90,7 @@ def test_projector_trains_at_its_own_learning_rate_and_round_trips():
     assert method.loss_terms(batch(), None, None) == {}
 
 
-def test_lwf_teacher_and_ewc_fisher_cover_the_projector():
+def test_lwf_teacher_and_ewc_fisher_cover_the_projector(tmp_path):
     model, _, lwf = build({"name": "lwf", "projector_lr": 1e-3})
     with torch.no_grad():
         for p in lwf.trainable_tensors().values():
@@ -103,11 +104,16 @@ def test_lwf_teacher_and_ewc_fisher_cover_the_projector():
             p.add_(0.05)  # task 2 trains both
         assert not torch.allclose(model(**inputs).logits, before)
     # the teacher is the whole pre-task model: LoRA *and* projector swapped back in
+    params = dict(lwf.trainable_tensors())
     torch.testing.assert_close(lwf.teacher_logits(batch(5)), before, rtol=1e-5, atol=1e-6)
+    # ... and swapped out again: the model trains its own Parameters afterwards (not the teacher's tensors)
+    assert all(model.get_parameter(k) is p for k, p in params.items())
+    assert model.dymoe_method.projector.linear_1.weight is model.model.multi_modal_projector.linear_1.weight
     assert any(k.startswith("model.multi_modal_projector.") for k in lwf.teacher)
     assert set(lwf.teacher) == set(lwf.trainable_tensors())
     state = lwf.checkpoint_state()
     assert any(k.startswith("module.projector.") for k in state) and any(k.startswith("teacher.") for k in state)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp_path / "state.safetensors"))
     lwf.load_checkpoint_state(state)
 
     class Trainer:

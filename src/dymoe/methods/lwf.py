@@ -92,7 +92,10 @@ class LwF(LoRA):
         self.teacher = {k: v.to(params[k].device, params[k].dtype) for k, v in self.teacher.items()}
         inputs = {k: v for k, v in batch.items() if k != "labels"}  # the teacher's own LM loss is not needed
         with side_forward(self.model, self.adapter.context):
-            out = functional_call(self.model, self.teacher, args=(), kwargs={**inputs, "use_cache": False}, strict=False)
+            # tie_weights=False: a trained projector is also reachable as the method's owned module (model.dymoe_method);
+            # with tie handling, torch.func restored that alias to the teacher's tensor after the call
+            out = functional_call(self.model, self.teacher, args=(), kwargs={**inputs, "use_cache": False}, strict=False,
+                                  tie_weights=False)
         return out.logits
 
     def loss_terms(self, batch: dict[str, torch.Tensor], outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
