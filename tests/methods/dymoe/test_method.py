@@ -518,10 +518,20 @@ def test_task_router_image_features_by_hand():
         proj = getattr(proj, "pooler_output", proj)
         img = torch.stack([p.mean(0) for p in proj])  # [2, 64]
         emb = model.get_input_embeddings()(batch["input_ids"])
-        txt_mask = batch["attention_mask"].bool() & (batch["input_ids"] != IMG)
+        # the prompt's text tokens: not padding, not image placeholders, not the answer (labelled) tokens
+        txt_mask = batch["attention_mask"].bool() & (batch["input_ids"] != IMG) & (batch["labels"] == -100)
+        assert txt_mask.sum(1).tolist() == [6, 9]  # <s> + 5 and <s> + 8 prompt tokens
         txt = torch.stack([emb[b][txt_mask[b]].mean(0) for b in range(2)])
     torch.testing.assert_close(feats[:, :64], torch.nn.functional.normalize(img, dim=-1))
     torch.testing.assert_close(feats[:, 64:], torch.nn.functional.normalize(txt, dim=-1))
+    # a training batch gives the feature its prompt alone gives at evaluation (left-padded, no answer, no labels)
+    ids, am = torch.full((2, 25), 3), torch.zeros(2, 25, dtype=torch.long)
+    for b, n in enumerate((22, 25)):  # the prompt's length in tokens
+        ids[b, 25 - n:], am[b, 25 - n:] = batch["input_ids"][b, :n], 1
+    with torch.no_grad():
+        at_eval = task_features(model, {"input_ids": ids, "attention_mask": am,
+                                        "pixel_values": batch["pixel_values"]}, IMG, "image_text")
+    torch.testing.assert_close(at_eval, feats)
     # a text-only sample (no image tokens) in the batch: zero image half, its text half unchanged
     text_only = {k: v.clone() for k, v in batch.items()}
     text_only["input_ids"][1, 1:17] = 20

@@ -5,7 +5,9 @@ A sample's feature comes from the frozen backbone, in one of two forms (``method
 - ``image_text`` (default, §12.1 "mean CLIP image+text features", as HiDe-LLaVA / MR-LoRA identify tasks): the
   mean of the sample's image features (the vision tower's patch features through the frozen projector, i.e. the
   image tokens the language model reads) beside the mean of its text embeddings (the language model's input
-  embeddings over real text tokens: padding and image placeholders excluded), each L2-normalised, concatenated
+  embeddings over the prompt's text tokens: padding, image placeholders and, in a training batch, the answer
+  tokens excluded, so a training sample and the same question at inference give one feature), each
+  L2-normalised, concatenated
   ``[d_img + d_txt]``. The cosine similarity of two such features is the mean of their image and text cosine
   similarities, so tasks that share a prompt (six of CoIN's eight answer "using a single word or phrase") are
   told apart by their images. A sample without an image has a zero image half (its similarity is then half the
@@ -75,11 +77,16 @@ def task_group_mask(predicted: torch.Tensor, num_groups: int, mode: str = "cumul
 
 @torch.no_grad()
 def embedding_features(model: nn.Module, batch: dict[str, torch.Tensor], image_token_id: int | None) -> torch.Tensor:
-    """Per-sample text feature of a collated batch: mean input embedding over non-pad, non-image tokens.
+    """Per-sample text feature of a collated batch: mean input embedding over the prompt's text tokens.
+
+    Padding, image placeholders and answer tokens (positions with ``labels`` ≠ −100 in a training batch) are
+    skipped: prototypes are built from training batches but compared with prompt-only evaluation batches, and with
+    the answers in, a task whose answers are long (Grounding's boxes) gets a prototype its questions never match.
 
     Args:
         model: a Hugging Face model (``get_input_embeddings()``); batch: ``input_ids [B, T]`` and optionally
-            ``attention_mask [B, T]``; image_token_id: the placeholder id to skip (None: keep every token).
+            ``attention_mask [B, T]`` and ``labels [B, T]``; image_token_id: the placeholder id to skip (None: keep
+            every token).
 
     Returns:
         ``[B, d]`` fp32.
@@ -89,6 +96,10 @@ def embedding_features(model: nn.Module, batch: dict[str, torch.Tensor], image_t
     mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
     if image_token_id is not None:
         mask = mask & (ids != image_token_id)
+    labels = batch.get("labels")
+    if labels is not None:
+        # a training batch: the prompt only (answer tokens carry labels), as an evaluation batch has it
+        mask = mask & (labels == -100)
     emb = model.get_input_embeddings()(ids)  # [B, T, d]
     return sample_features(emb, mask)
 
