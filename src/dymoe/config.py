@@ -392,7 +392,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("evaluation.batch_size", ev.batch_size >= 1, ">= 1"),
         ("evaluation.max_new_tokens", ev.max_new_tokens >= 1, ">= 1"),
         ("evaluation.max_length", ev.max_length >= 8, ">= 8"),
-        ("adapter.alpha", a.alpha > 0, "> 0"),
+        ("adapter.alpha", a.alpha is None or a.alpha > 0, "> 0 or null (2 x the bank rank)"),
         ("adapter.dropout", 0 <= a.dropout < 1, "in [0, 1)"),
         ("adapter.cos_scale", a.cos_scale > 0, "> 0"),
         ("adapter.bank_rank", a.bank_rank is None or a.bank_rank >= 1, ">= 1 or null"),
