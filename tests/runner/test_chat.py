@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from dymoe.cli.main import main
 from dymoe.config import load_config
@@ -89,3 +90,34 @@ def test_chat_errors_are_clear(trained_run, cache_env, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["chat", str(out), "--image", str(tmp_path / "missing.png"), "hi"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_chat_restores_a_trained_projector(tmp_path, cache_env):
+    """A LoRA run that trains the projector (method.projector_lr, CoIN's setting): chat loads the projector saved
+    with the method state (module.projector.*), so its answers are the run's own; the weights differ from the
+    base's."""
+    from dymoe.injection.state import load_method_state
+
+    overrides = ["benchmark.order=[ImageNet]", "benchmark.max_train_samples=16", "benchmark.max_eval_samples=4",
+                 "training.batch_size=8", "trackers=[]", "method.name=lora", "method.projector_lr=0.01"]
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", overrides)
+    out = tmp_path / "run"
+    run(cfg, out)
+    trained = TrainedRun(out)
+    saved = {k.removeprefix("module.projector."): v
+             for k, v in load_method_state(out / "checkpoints" / "task_1_ImageNet").items()
+             if k.startswith("module.projector.")}
+    projector = trained.model.model.multi_modal_projector.state_dict()
+    assert saved and set(saved) == set(projector)
+    for name, tensor in saved.items():
+        assert torch.equal(projector[name], tensor), name
+    from dymoe.models.llava import load_backbone
+    from dymoe.runner.resources import resolve_backbone_path
+
+    base_model, _ = load_backbone(resolve_backbone_path(cfg.backbone.path), dtype="float32")  # for contrast
+    base_proj = base_model.model.multi_modal_projector.state_dict()
+    assert all(not torch.equal(base_proj[n], saved[n]) for n in saved)  # the projector did train
+    stored = read_jsonl(out / "predictions" / "ImageNet" / "after_1.jsonl")
+    samples = _questions(cfg, "ImageNet")
+    asked = [(samples[r["question_id"]].image, r["prompt"]) for r in stored]
+    assert trained.answer(asked) == [r["text"] for r in stored]
