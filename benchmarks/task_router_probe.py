@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    result: dict = {"config": args.config, "overrides": args.overrides, "machine": platform.processor() or platform.machine(),
+    config = Path(args.config).resolve()
+    result: dict = {"config": str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config), "overrides": args.overrides, "machine": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "features": {}}
     t0 = time.perf_counter()
