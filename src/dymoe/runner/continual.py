@@ -35,8 +35,10 @@ from dymoe.data.collate import VLMCollator, text_only_samples
 from dymoe.data.formats import load_eval_set
 from dymoe.data.tasks import Benchmark, EvalSet, TaskSpec, load_benchmark
 from dymoe.errors import CheckpointError, ConfigError, DataError, DymoeError, OutputError
+from dymoe.eval.forgetting import FILE as FORMAT_FORGETTING_FILE
+from dymoe.eval.forgetting import format_forgetting, score_cell, variants
 from dymoe.eval.metrics import METRICS, save_matrix, summarize
-from dymoe.eval.scorers import SCORERS, load_annotations
+from dymoe.eval.scorers import base_name, load_annotations
 from dymoe.injection.accounting import parameter_report
 from dymoe.injection.inject import inject
 from dymoe.injection.state import load_adapter_into, load_method_state, save_adapter
@@ -50,6 +52,14 @@ from dymoe.io import (
 from dymoe.methods import build_method
 from dymoe.methods.base import TaskInfo, attach_method_modules
 from dymoe.models.families import is_text_only
+from dymoe.runner.cost import (
+    PROBE_QUESTIONS,
+    inference_cost,
+    model_bytes,
+    peak_memory,
+    reset_peak_memory,
+    task_cost,
+)
 from dymoe.runner.engines import uses_deepspeed
 from dymoe.runner.evaluation import (
     COMBINE_RULE,
@@ -62,6 +72,7 @@ from dymoe.runner.evaluation import (
     variants_of,
 )
 from dymoe.runner.planning import run_planning
+from dymoe.runner.protocol import PROTOCOL_FILE, build_card, read_card
 from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin
 from dymoe.runner.rundir import RunDir, RunLock
 from dymoe.runner.trainer import TaskTrainer, resolve_batching
@@ -288,8 +299,9 @@ class ContinualRun:
         if self.main and (not self.evaluation_only or self.out is not self.dir):
             atomic_write_text(self.out.config, resolved)
         if self.main and not self.evaluation_only:
-            atomic_write_json(self.dir.env, {**environment(cfg, acc, self.batching), "tasks": self.names,
-                                             "benchmark": str(self.benchmark.name)})
+            env = environment(cfg, acc, self.batching)
+            atomic_write_json(self.dir.env, {**env, "tasks": self.names, "benchmark": str(self.benchmark.name)})
+            self._write_protocol(backbone, env)
         if acc.log_with:
             acc.init_trackers("dymoe", config=_flat(cfg.to_dict()))
 
@@ -403,6 +415,8 @@ class ContinualRun:
         plan = run_planning(self, k, info)
         # seeded per task *before* the method grows anything, so a resumed run initialises new experts identically
         set_seed(cfg.training.seed * 1000 + k)
+        n_before = self.adapter.num_parameters()
+        reset_peak_memory(self.acc.device)
         self.method.before_task(info)
         n_trainable = self.adapter.num_parameters(trainable_only=True) + sum(
             p.numel() for p in self.method.extra_parameters()
@@ -423,6 +437,10 @@ class ContinualRun:
         self.method.after_task(info, self.trainer)
         log = {**result.__dict__, "trainable_params": n_trainable, **({"plan": plan} if plan is not None else {}),
                "parameters": task_parameters(self.adapter, params_before)}
+        if self.main:
+            log["cost"] = task_cost(result, params_before=n_before, params_after=self.adapter.num_parameters(),
+                                    trainable=n_trainable, peak=peak_memory(self.acc.device),
+                                    model_size=model_bytes(self.model), inference=self._inference_cost())
         if self.main:
             with writing(self.dir.checkpoint(k + 1, task.name), "checkpoint"):  # safetensors' I/O errors too
                 save_adapter(self.adapter, self.dir.checkpoint(k + 1, task.name),
@@ -501,6 +519,61 @@ class ContinualRun:
         finally:
             self.close()
 
+    def _inference_cost(self) -> dict:
+        """FLOPs per generated token and generation throughput on the probe batch (see :mod:`dymoe.runner.cost`);
+        a failure is recorded in the cost, not raised (the run's results do not depend on it)."""
+        from dymoe.runner.trained import eval_routing
+
+        ev = self.cfg.evaluation
+        probe = self.test_set(self.tasks[0])[:PROBE_QUESTIONS]
+        try:
+            with eval_routing(self.method, self.adapter) as hook:
+                return inference_cost(self.model, self.processor, self.adapter, probe, max_length=ev.max_length,
+                                      new_tokens=ev.max_new_tokens, batch_hook=hook)
+        except Exception as err:  # noqa: BLE001 - cost is informative: say why it is missing, keep the run going
+            log.warning("inference cost not measured: %s", err)
+            return {"inference_error": f"{type(err).__name__}: {err}"}
+
+    def _format_forgetting(self, names: list[str], rows: list[list[float]]) -> dict:
+        """Every cell rescored from its predictions file with the reference and strict scorers and the
+        form-forgiving knowledge score (:mod:`dymoe.eval.forgetting`); writes ``format_forgetting.json`` and
+        returns its summary for ``metrics.json``."""
+        cells = {}
+        for k in range(len(rows)):
+            for i, task in enumerate(self.tasks[: k + 1]):
+                # tasks with one evaluation set (a cell of several sets is a mean of their headlines: not rescored)
+                path = self.out.predictions(task.name, k + 1)
+                scorer = self.scorer_name(task)
+                if len(task.eval_sets) != 1 or not path.is_file() or variants(scorer) is None:
+                    cells[(k, i)] = None
+                    continue
+                ref = base_name(scorer)
+                samples = self.test_set(task)
+                cells[(k, i)] = score_cell(scorer, read_predictions(path, samples), [s.reference for s in samples],
+                                           self.annotations(task, ref))
+        data = format_forgetting(names, cells)
+        atomic_write_json(self.out.root / FORMAT_FORGETTING_FILE, data)
+        return {"format_forgetting": data["summary"]}
+
+    def _write_protocol(self, backbone: str, env: dict) -> None:
+        card = build_card(self.cfg, benchmark=self.benchmark, backbone_folder=backbone, adapter=self.adapter,
+                          batching=self.batching, accelerator=self.acc, environment=env,
+                          eval_questions={t.name: len(self.test_set(t)) for t in self.tasks},
+                          scorers={t.name: self.scorer_name(t) for t in self.tasks})
+        old = read_card(self.dir.root)
+        if old is not None:  # a resumed run keeps the trainable counts of the tasks already done
+            card["adapter"]["trainable_per_task"] = old.get("adapter", {}).get("trainable_per_task", {})
+        atomic_write_json(self.dir.root / PROTOCOL_FILE, card)
+
+    def _update_protocol(self, train_log: dict) -> None:
+        card = read_card(self.dir.root)
+        if card is None:
+            return
+        per_task = {n: train_log[n]["trainable_params"] for n in self.names if "trainable_params" in train_log.get(n, {})}
+        if card.get("adapter", {}).get("trainable_per_task") != per_task:
+            card.setdefault("adapter", {})["trainable_per_task"] = per_task
+            atomic_write_json(self.dir.root / PROTOCOL_FILE, card)
+
     def write_results(self, rows: list[list[float]], train_log: dict) -> None:
         if not self.main:
             return
@@ -518,9 +591,12 @@ class ContinualRun:
             "final": dict(zip(names, rows[-1])),
             "complete": len(rows) == len(self.names),
             "train": {n: train_log[n] for n in self.names if n in train_log},
+            "cost": {n: train_log[n]["cost"] for n in self.names if "cost" in train_log.get(n, {})},
         }
         metrics.update(self._evaluation_results(rows))
+        metrics.update(self._format_forgetting(names, rows))
         atomic_write_json(self.out.metrics, metrics)
+        self._update_protocol(train_log)
         try:
             from dymoe.runner.report import write_report
 

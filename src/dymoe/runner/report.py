@@ -326,6 +326,36 @@ def _task_router_section(method_eval: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+COST_PLOT = "plots/cost.png"
+
+
+def _protocol_lines(run_dir: Path) -> list[str]:
+    from dymoe.runner.protocol import card_summary, read_card
+
+    card = read_card(run_dir)
+    return card_summary(card) if card else []
+
+
+def _cost_and_format_lines(run: RunSummary) -> list[str]:
+    """The cost table (``metrics.json`` ``cost``) and the format-vs-knowledge matrices, when the run has them."""
+    from dymoe.eval.forgetting import FILE, render
+    from dymoe.runner.cost import cost_table
+
+    lines: list[str] = []
+    costs = run.info.get("cost")
+    if costs:
+        kinds = {c.get("peak_memory_kind") for c in costs.values()}
+        lines += ["## Cost per task", "", *cost_table(costs), "",
+                  "Tokens: answer tokens the loss covers. Peak memory: "
+                  + ("the process's peak RSS so far (CPU)" if kinds == {"cpu_max_rss"} else "the task's CUDA peak")
+                  + ". FLOPs: one greedy decode step per sequence on the probe batch (FlopCounterMode); overhead "
+                  "against the frozen base. See metrics.json `cost`.", ""]
+    fmt = _read_json(run.run_dir / FILE)
+    if fmt.get("tasks"):
+        lines += render(fmt)
+    return lines
+
+
 def render_report(run: RunSummary) -> str:
     """The Markdown text of ``report.md`` for a loaded run (see :func:`write_report`)."""
     m, info = run.metrics, run.info
@@ -348,6 +378,7 @@ def render_report(run: RunSummary) -> str:
         if key in run.env:
             facts.append(f"- {key.replace('_', ' ')}: {run.env[key]}")
     lines += [f"- tasks trained: {len(run.tasks)} ({', '.join(run.tasks)})", *facts, ""]
+    lines += _protocol_lines(run.run_dir)
 
     lines += ["## Settings", ""]
     settings = _settings_rows(run.config)
@@ -365,8 +396,11 @@ def render_report(run: RunSummary) -> str:
     lines += [f"| {t} | {_fmt(a)} |" for t, a in run.final.items()]
     lines += _evaluation_sections(run)
     lines += _task_router_section(run.info.get("method_eval") or {})
-    lines += ["", "## Plots", ""]
+    lines += ["", *_cost_and_format_lines(run)]
+    lines += ["## Plots", ""]
     lines += [f"- [{name}]({rel})" for name, rel in PLOT_FILES.items()]
+    if run.info.get("cost"):
+        lines.append(f"- [parameters and training time per task]({COST_PLOT})")
     lines += ["", f"![accuracy matrix]({PLOT_FILES['accuracy matrix']})", ""]
     return "\n".join(lines)
 
@@ -388,6 +422,10 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     plot_accuracy_matrix(run.planned, run.matrix, root / PLOT_FILES["accuracy matrix"], title=f"{title}: accuracy (%)")
     plot_task_curves(run.tasks, run.matrix, root / PLOT_FILES["per-task accuracy across the sequence"], title=title)
     plot_radar({run.label: run.final}, root / PLOT_FILES["per-task final accuracy (radar)"], title=title)
+    if run.info.get("cost"):
+        from dymoe.runner.cost import plot_cost
+
+        plot_cost(run.info["cost"], root / COST_PLOT, title=title)
     path = root / "report.md"
     write_text_atomic(path, render_report(run))
     return path

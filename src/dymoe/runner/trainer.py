@@ -163,6 +163,7 @@ class TrainResult:
     loss_terms: dict[str, float] = field(default_factory=dict)
     truncated: int = 0
     dropped: int = 0
+    tokens: int = 0  # answer tokens of the steps run by this call (all processes)
 
 
 def batch_info(meta: dict, *, phase: str, task: TaskInfo, **extra) -> BatchInfo:
@@ -368,6 +369,7 @@ class TaskTrainer:
             prepared.step()
             scheduler.step()
             seen += len(gb)
+            result.tokens += int(n_tokens)
             done = step + 1
             bar.update(1)
             rate = seen / max(time.perf_counter() - t0, 1e-9)
