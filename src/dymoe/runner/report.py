@@ -30,6 +30,9 @@ from dymoe.io import atomic_write_text, read_yaml_mapping
 
 __all__ = [
     "COMPARE_METRICS",
+    "MixedProtocols",
+    "check_protocols",
+    "compare_costs",
     "RunSummary",
     "compare_runs",
     "load_run",
@@ -434,13 +437,59 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------- comparison
 
 
-def _group(runs: Sequence[RunSummary], group_by: str) -> dict[str, list[RunSummary]]:
+def _group(runs: Sequence[RunSummary], group_by: str, protocols: Sequence[int] | None = None
+           ) -> dict[str, list[RunSummary]]:
+    """Runs by label (or method); with ``protocols`` (one index per run, several protocols) also by protocol,
+    the row named ``"<label> [P<n>]"``."""
     if group_by not in ("label", "method"):
         raise ConfigError(f"group_by must be 'label' or 'method', got {group_by!r}")
     groups: dict[str, list[RunSummary]] = {}
-    for run in runs:
-        groups.setdefault(run.label if group_by == "label" else run.method, []).append(run)
+    for j, run in enumerate(runs):
+        name = run.label if group_by == "label" else run.method
+        if protocols is not None:
+            name = f"{name} [P{protocols[j] + 1}]"
+        groups.setdefault(name, []).append(run)
     return groups
+
+
+class MixedProtocols(DymoeError):
+    """Runs made under different protocols were to be put in one table (``--allow-mixed`` accepts them)."""
+
+
+def check_protocols(runs: Sequence[RunSummary], *, allow_mixed: bool = False) -> tuple[list[int] | None, list[str]]:
+    """Compare the runs' protocol cards (:mod:`dymoe.runner.protocol`).
+
+    Returns ``(protocol index per run or None when all agree, note lines for under the table)``. The notes name
+    the differing fields with each protocol's value, and the fields not compared because some runs' cards lack
+    them (runs made before protocol cards existed).
+
+    Raises:
+        MixedProtocols: the protocols differ and ``allow_mixed`` is false; the message names the fields.
+    """
+    from dymoe.runner.protocol import differing_fields, protocol_groups, protocol_key, read_card, short
+
+    keys = [protocol_key(read_card(r.run_dir)) for r in runs]
+    differ, unknown = differing_fields(keys)
+    notes: list[str] = []
+    groups = protocol_groups(keys) if differ else None
+    if differ:
+        first = {}
+        for j, g in enumerate(groups):
+            first.setdefault(g, j)
+        detail = []
+        for f in differ:
+            values = "; ".join(f"P{g + 1} ({runs[j].run_dir}) = {short(keys[j][f])}" for g, j in first.items())
+            detail.append(f"  {f}: {values}")
+        if not allow_mixed:
+            raise MixedProtocols(
+                f"these runs were made under {len(first)} different protocols; the fields that differ:\n"
+                + "\n".join(detail) + "\nCompare runs of one protocol, or pass --allow-mixed to put them in one "
+                "table (rows are then split by protocol and the differences printed under it)")
+        notes += ["", f"**Mixed protocols** ({len(first)}): rows are split by protocol; the fields that differ:", ""]
+        notes += [f"- {line.strip()}" for line in detail]
+    if unknown:
+        notes += ["", f"Not compared (missing from some runs' protocol cards): {', '.join(unknown)}."]
+    return groups, notes
 
 
 def _load_comparable(run_dirs: Sequence[str | os.PathLike]) -> list[RunSummary]:
@@ -510,6 +559,7 @@ def compare_runs(
     group_by: str = "label",
     reference: Mapping[str, Mapping[str, float]] | None = None,
     params: bool = False,
+    allow_mixed: bool = False,
 ) -> tuple[str, str]:
     """Side-by-side table of runs, like the papers' main table; returns ``(markdown, csv)``.
 
@@ -527,17 +577,23 @@ def compare_runs(
     The CSV has ``method, n, source`` then, for every column ``c``, ``c`` (the mean) and ``c_std`` (empty for a
     single run or a reference row); ``source`` is ``measured`` or ``paper``.
 
+    Runs are compared by protocol first (:func:`check_protocols`): runs of different protocols are refused unless
+    ``allow_mixed``, which splits the rows by protocol (``"<label> [P<n>]"``) and prints the differing fields under
+    the Markdown table.
+
     Raises:
+        MixedProtocols: the runs' protocol cards differ and ``allow_mixed`` is false.
         DymoeError: runs trained different task sets, or a reference row names an unknown column.
         DataError: a missing or malformed run directory.
         ConfigError: an unknown ``group_by``.
     """
     runs = _load_comparable(run_dirs)
+    protocols, notes = check_protocols(runs, allow_mixed=allow_mixed)
     tasks = runs[0].tasks
     extra = _definition_columns(runs)
     columns = [*tasks, *COMPARE_METRICS, *extra]
     rows: list[tuple[str, int, str, dict[str, tuple[float | None, float | None]]]] = []
-    for label, group in _group(runs, group_by).items():
+    for label, group in _group(runs, group_by, protocols).items():
         cells = {t: _stats([r.final[t] for r in group]) for t in tasks}
         cells.update({k: _stats([r.metrics[k] for r in group]) for k in COMPARE_METRICS})
         cells.update({c: _stats([_definition_value(r, c) for r in group]) for c in extra})
@@ -570,7 +626,7 @@ def compare_runs(
         values = [("" if v is None else f"{v:.4f}") for c in columns for v in cells[c]]
         extra = [counts.get(label, "") if source == "measured" else ""] if params else []
         writer.writerow([label, n if source == "measured" else "", source, *extra, *values])
-    return "\n".join(md) + "\n", buf.getvalue()
+    return "\n".join(md + notes) + "\n", buf.getvalue()
 
 
 def _human(n: int) -> str:
@@ -579,3 +635,48 @@ def _human(n: int) -> str:
         if n >= div:
             return f"{n / div:.3g}{unit}"
     return str(n)
+
+
+# cost columns of ``dymoe compare --cost``: (header, function of one run's metrics.json ``cost`` → number)
+COST_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("train s (total)", lambda c: sum(t.get("train_seconds") or 0 for t in c.values())),
+    ("steps", lambda c: sum(t.get("optimizer_steps") or 0 for t in c.values())),
+    ("tokens", lambda c: sum(t.get("tokens") or 0 for t in c.values())),
+    ("tokens/s", lambda c: _ratio(sum(t.get("tokens") or 0 for t in c.values()),
+                                  sum(t.get("train_seconds") or 0 for t in c.values()))),
+    ("peak MiB", lambda c: max((t.get("peak_memory_bytes") or 0) for t in c.values()) / 2**20),
+    ("params added", lambda c: sum(t.get("params_added") or 0 for t in c.values())),
+    ("adapter total", lambda c: list(c.values())[-1].get("total_adapter_params")),
+    ("GFLOP/token", lambda c: _scaled(list(c.values())[-1].get("flops_per_token_adapted"), 1e-9)),
+    ("FLOP overhead %", lambda c: _scaled(list(c.values())[-1].get("flops_overhead"), 100)),
+    ("gen tok/s", lambda c: list(c.values())[-1].get("gen_tokens_per_s_adapted")),
+)
+
+
+def _num(v: float) -> str:
+    """Large counts with thousands separators, small ones with 4 significant digits."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _scaled(v: float | None, k: float) -> float | None:
+    return None if v is None else v * k
+
+
+def compare_costs(run_dirs: Sequence[str | os.PathLike], *, group_by: str = "label", allow_mixed: bool = False) -> str:
+    """The cost table of ``dymoe compare --cost``: one row per group (mean ± std over its runs), the columns of
+    :data:`COST_COLUMNS` (totals over the tasks; the adapter size and inference cost after the last task)."""
+    runs = _load_comparable(run_dirs)
+    protocols, _ = check_protocols(runs, allow_mixed=allow_mixed)
+    md = ["| Method | n | " + " | ".join(h for h, _ in COST_COLUMNS) + " |", "|---|---:|" + "---:|" * len(COST_COLUMNS)]
+    for label, group in _group(runs, group_by, protocols).items():
+        cells = []
+        for _, fn in COST_COLUMNS:
+            values = [fn(r.info["cost"]) if r.info.get("cost") else None for r in group]
+            mean, std = _stats(values)
+            cells.append("n/a" if mean is None else _num(mean) + ("" if std is None else f" ± {_num(std)}"))
+        md.append(f"| {_cell(label)} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(md) + "\n"
