@@ -59,6 +59,29 @@ def tiny_qwen2_dir(tmp_path_factory):
     return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "qwen2", arch="qwen2", seed=0)
 
 
+@pytest.fixture(scope="session")
+def inclora_smoke_run(tmp_path_factory):
+    """``(run_dir, metrics, cache)`` of one two-task IncLoRA smoke run (ScienceQA, TextVQA; 32 training and 8 test
+    samples each) with its own cache; shared by the cost / protocol / export tests. Do not modify it."""
+    from dymoe.config import load_config
+    from dymoe.runner.continual import run
+
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("DYMOE_CACHE")
+    os.environ["DYMOE_CACHE"] = str(cache)
+    try:
+        out = tmp_path_factory.mktemp("runs") / "inclora"
+        overrides = ["benchmark.order=[ScienceQA, TextVQA]", "benchmark.max_train_samples=32",
+                     "benchmark.max_eval_samples=8", "training.batch_size=8", "trackers=[]", "method.name=inclora"]
+        metrics = run(load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml", overrides), out)
+    finally:
+        if old is None:
+            os.environ.pop("DYMOE_CACHE", None)
+        else:
+            os.environ["DYMOE_CACHE"] = old
+    return out, metrics, cache
+
+
 # --- a copy of tests/fixtures/coin (the exact CoIN layout) with tiny images generated for every ``image`` field ---
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "coin"

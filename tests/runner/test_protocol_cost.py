@@ -13,7 +13,6 @@ from dymoe.cli.main import main
 from dymoe.config import load_config
 from dymoe.data.tasks import load_benchmark
 from dymoe.layers.moe_lora import MoELoRALinear
-from dymoe.runner.continual import run
 from dymoe.runner.cost import adapter_bypassed, count_flops
 from dymoe.runner.protocol import backbone_card, benchmark_card, read_card
 from dymoe.runner.report import MixedProtocols, compare_runs
@@ -21,26 +20,12 @@ from dymoe.runner.report import MixedProtocols, compare_runs
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 FAST = ["benchmark.order=[ScienceQA, TextVQA]", "benchmark.max_train_samples=32", "benchmark.max_eval_samples=8",
-        "training.batch_size=8", "trackers=[]"]
+        "training.batch_size=8", "trackers=[]"]  # as tests/conftest.py's inclora_smoke_run
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """One two-task LoRA smoke run (its own cache)."""
-    import os
-
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("DYMOE_CACHE")
-    os.environ["DYMOE_CACHE"] = str(cache)
-    try:
-        out = tmp_path_factory.mktemp("runs") / "lora"
-        metrics = run(load_config(SMOKE, [*FAST, "method.name=inclora"]), out)
-    finally:
-        if old is None:
-            os.environ.pop("DYMOE_CACHE")
-        else:
-            os.environ["DYMOE_CACHE"] = old
-    return out, metrics, cache
+def smoke_run(inclora_smoke_run):
+    return inclora_smoke_run
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs

@@ -31,6 +31,7 @@ COMMANDS: list[str] = [
     "dymoe.cli.analyze",
     "dymoe.cli.build_base",
     "dymoe.cli.chat",
+    "dymoe.cli.export",
 ]
 
 

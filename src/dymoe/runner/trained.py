@@ -36,14 +36,16 @@ class TrainedRun:
     """A run directory's model after task ``after_task`` (default: the last finished task).
 
     Attributes:
-        model, processor, method, adapter, cfg: as in the run; tasks: the run's task names;
+        model, processor, method, adapter, cfg: as in the run; tasks: the run's task names; backbone: the model
+        folder loaded (``backbone`` overrides the config's);
         after_task: K (1-based); task: the name of task K.
 
     Raises:
         DymoeError: not a run directory, no finished task, or K out of range.
     """
 
-    def __init__(self, run_dir: str | Path, *, after_task: int | None = None, device: str | None = None):
+    def __init__(self, run_dir: str | Path, *, after_task: int | None = None, device: str | None = None,
+                 backbone: str | Path | None = None):
         from dymoe.config import load_config
         from dymoe.injection.inject import inject
         from dymoe.injection.state import load_adapter_into, load_method_state
@@ -69,8 +71,10 @@ class TrainedRun:
         dtype = cfg.backbone.dtype
         if dtype == "auto":
             dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        # ``backbone``: another folder holding the same model (an export carries its own copy)
+        self.backbone = str(backbone) if backbone is not None else resolve_backbone_path(cfg.backbone.path)
         self.model, self.processor = load_backbone(
-            resolve_backbone_path(cfg.backbone.path), dtype=dtype,
+            self.backbone, dtype=dtype,
             attn_implementation=cfg.backbone.attn_implementation, trust_remote_code=cfg.backbone.trust_remote_code,
         )
         self.method = build_method(cfg.method)
