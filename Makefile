@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# torch first: the CPU build on this kind of machine, the CUDA build on a GPU user's machine; torchvision
 	# pinned to the release built for it (the vlm extra; unpinned, pip would upgrade torch to fit a newer one).
 	$(BIN)/pip install torch==2.13.0 torchvision==0.28.0
-	$(BIN)/pip install -e ".[test,bench,vlm]"
+	$(BIN)/pip install -e ".[test,bench,export,vlm]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,6 +1,13 @@
 """Format vs knowledge forgetting on constructed predictions (hand-computed shares)."""
 
-from dymoe.eval.forgetting import core_answer, drift_matrices, format_forgetting, score_cell, surface_forms, variants
+from dymoe.eval.forgetting import (
+    core_answer,
+    drift_matrices,
+    format_forgetting,
+    score_cell,
+    surface_forms,
+    variants,
+)
 
 
 def test_core_answer_removes_the_form_only():

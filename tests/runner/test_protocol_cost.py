@@ -64,7 +64,7 @@ def test_smoke_run_has_cost_protocol_and_format_matrices(smoke_run):
     assert list(cost) == tasks
     ckpt_cost = json.loads((out / "checkpoints" / "task_1_ScienceQA" / "adapter.json").read_text())["metadata"]
     assert ckpt_cost["train"]["cost"] == cost["ScienceQA"]  # kept with the checkpoint (survives a kill)
-    for name, c in cost.items():
+    for _name, c in cost.items():
         assert c["train_seconds"] > 0 and c["optimizer_steps"] == 4 and c["samples"] == 32
         assert c["tokens"] > 0 and c["tokens_per_s"] == pytest.approx(c["tokens"] / c["train_seconds"], rel=1e-2)
         assert c["peak_memory_bytes"] > c["model_bytes"] > 0

@@ -151,7 +151,8 @@ def render(data: dict[str, Any]) -> list[str]:
         return lines
 
     s = data["summary"]
-    pct = (lambda v: "n/a" if v is None else f"{v:.2f}")
+    def pct(v):
+        return ("n/a" if v is None else f"{v:.2f}")
     share = "n/a" if s["drift_share"] is None else f"{s['drift_share']:.0%}"
     lines = ["## Format vs knowledge forgetting", "",
              "Every cell scored with the reference scorer, its `-strict` variant, and *knowledge* (a question counts "

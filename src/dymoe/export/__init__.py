@@ -24,10 +24,10 @@ import shutil
 from pathlib import Path
 
 from dymoe.errors import DymoeError, OutputError
+from dymoe.export.manifest import MANIFEST, manifest
 from dymoe.io import make_temp_dir
 
 FORMATS = ("peft", "merged", "hub")
-MANIFEST = "dymoe_export.json"
 
 __all__ = ["FORMATS", "MANIFEST", "export_run"]
 
@@ -85,20 +85,3 @@ def _peft(trained, out: Path) -> None:
 
     write_peft(trained.adapter, out, base_model=str(trained.backbone))
     write_json(out / MANIFEST, manifest(trained, "peft", "lora"))
-
-
-def manifest(trained, fmt: str, kind: str) -> dict:
-    """What an export holds: run, method, task K, the kind of adapter, the backbone it applies to."""
-    import dymoe
-
-    return {
-        "format": f"dymoe-export/{fmt}",
-        "run_dir": str(Path(trained.dir.root).resolve()),
-        "method": trained.method.name,
-        "adapter_kind": kind,
-        "after_task": trained.after_task,
-        "task": trained.task,
-        "tasks": trained.tasks[: trained.after_task],
-        "backbone": str(trained.backbone),
-        "dymoe_version": dymoe.__version__,
-    }

@@ -26,8 +26,8 @@ ADAPTER_DIR = "dymoe_adapter"
 
 
 def write_hub(trained, out: Path, *, kind: str) -> None:
-    from dymoe.export import MANIFEST, manifest
     from dymoe.export.lora import write_json, write_peft
+    from dymoe.export.manifest import MANIFEST, manifest
 
     if kind == "lora":
         write_peft(trained.adapter, out, base_model=_hub_id(trained.cfg.backbone.path))

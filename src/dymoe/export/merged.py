@@ -22,8 +22,8 @@ DYMOE_DIR = "dymoe"
 
 
 def write_merged(trained, out: Path, *, kind: str) -> None:
-    from dymoe.export import MANIFEST, manifest
     from dymoe.export.lora import merge_into_base, write_json
+    from dymoe.export.manifest import MANIFEST, manifest
     from dymoe.models.llava import load_backbone
 
     if kind == "lora":

@@ -214,6 +214,7 @@ class ContinualRun:
         self.lock = RunLock(self.dir.root)
         self.acc = accelerator or make_accelerator(cfg, self.dir.root)
         self.main = self.acc.is_main_process
+        self._cells: dict[tuple, dict | None] = {}  # format-forgetting scores by predictions file
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -547,10 +548,14 @@ class ContinualRun:
                 if len(task.eval_sets) != 1 or not path.is_file() or variants(scorer) is None:
                     cells[(k, i)] = None
                     continue
-                ref = base_name(scorer)
-                samples = self.test_set(task)
-                cells[(k, i)] = score_cell(scorer, read_predictions(path, samples), [s.reference for s in samples],
-                                           self.annotations(task, ref))
+                st = path.stat()
+                key = (str(path), scorer, st.st_size, st.st_mtime_ns)  # a cell is scored once per process
+                if key not in self._cells:
+                    samples = self.test_set(task)
+                    self._cells[key] = score_cell(scorer, read_predictions(path, samples),
+                                                  [s.reference for s in samples],
+                                                  self.annotations(task, base_name(scorer)))
+                cells[(k, i)] = self._cells[key]
         data = format_forgetting(names, cells)
         atomic_write_json(self.out.root / FORMAT_FORGETTING_FILE, data)
         return {"format_forgetting": data["summary"]}
