@@ -196,3 +196,20 @@ def test_compare_notes_fields_some_runs_do_not_have(tmp_path):
     old = _fake_run(tmp_path / "old", "lora", None)  # a run made before protocol cards
     md, _ = compare_runs([a, old])
     assert "| lora | 2 |" in md and "Not compared" in md and "backbone.instruction_tuned" in md
+
+
+def test_resume_under_another_protocol_is_refused(smoke_run, tmp_path, monkeypatch):
+    from dymoe.errors import DataError
+    from dymoe.runner.continual import run
+
+    out, _, cache = smoke_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    card = read_card(copy)
+    card["benchmark"]["files_sha256"] = "0" * 64  # as if the task files had been other ones when it started
+    (copy / "protocol.json").write_text(json.dumps(card))
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    monkeypatch.setenv("DYMOE_CACHE", str(cache))
+    with pytest.raises(DataError, match=r"another protocol \(benchmark.files_sha256: 000000000000 → "):
+        run(load_config(SMOKE, [*FAST, "method.name=inclora"]), copy)
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before  # nothing written

@@ -72,7 +72,7 @@ from dymoe.runner.evaluation import (
     variants_of,
 )
 from dymoe.runner.planning import run_planning
-from dymoe.runner.protocol import PROTOCOL_FILE, build_card, read_card
+from dymoe.runner.protocol import PROTOCOL_FILE, build_card, differing_fields, protocol_key, read_card, short
 from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin
 from dymoe.runner.rundir import RunDir, RunLock
 from dymoe.runner.trainer import TaskTrainer, resolve_batching
@@ -296,13 +296,16 @@ class ContinualRun:
         self.collator = VLMCollator(self.processor, max_length=cfg.training.max_length)
         self.trainer = TaskTrainer(self.model, self.adapter, self.method, self.collator, cfg.training, acc,
                                    batching=self.batching, step_log=self.dir.root / "train_steps.jsonl")
+        card = None
+        if self.main and not self.evaluation_only:
+            env = environment(cfg, acc, self.batching)
+            card = self._protocol_card(backbone, env)  # a resumed run whose data or backbone changed stops here
         # written only once everything above succeeded: a failed start leaves no run directory behind
         if self.main and (not self.evaluation_only or self.out is not self.dir):
             atomic_write_text(self.out.config, resolved)
-        if self.main and not self.evaluation_only:
-            env = environment(cfg, acc, self.batching)
+        if card is not None:
             atomic_write_json(self.dir.env, {**env, "tasks": self.names, "benchmark": str(self.benchmark.name)})
-            self._write_protocol(backbone, env)
+            atomic_write_json(self.dir.root / PROTOCOL_FILE, card)
         if acc.log_with:
             acc.init_trackers("dymoe", config=_flat(cfg.to_dict()))
 
@@ -560,15 +563,24 @@ class ContinualRun:
         atomic_write_json(self.out.root / FORMAT_FORGETTING_FILE, data)
         return {"format_forgetting": data["summary"]}
 
-    def _write_protocol(self, backbone: str, env: dict) -> None:
+    def _protocol_card(self, backbone: str, env: dict) -> dict:
+        """The run's protocol card; resuming, the stored card's protocol fields must not have changed (the same
+        config with other task files or another backbone would mix two protocols in one matrix)."""
         card = build_card(self.cfg, benchmark=self.benchmark, backbone_folder=backbone, adapter=self.adapter,
                           batching=self.batching, accelerator=self.acc, environment=env,
                           eval_questions={t.name: len(self.test_set(t)) for t in self.tasks},
                           scorers={t.name: self.scorer_name(t) for t in self.tasks})
         old = read_card(self.dir.root)
-        if old is not None:  # a resumed run keeps the trainable counts of the tasks already done
+        if old is not None and self.dir.has_progress():
+            differ, _ = differing_fields([protocol_key(old), protocol_key(card)])
+            if differ:
+                what = "; ".join(f"{f}: {short(protocol_key(old)[f])} → {short(protocol_key(card)[f])}" for f in differ)
+                raise DataError(f"{self.dir.root / PROTOCOL_FILE}: this run was started under another protocol "
+                                f"({what}); resuming would mix two protocols in one matrix. Restore the original "
+                                "files, or start again in a new --output directory")
+            # the trainable counts of the tasks already done
             card["adapter"]["trainable_per_task"] = old.get("adapter", {}).get("trainable_per_task", {})
-        atomic_write_json(self.dir.root / PROTOCOL_FILE, card)
+        return card
 
     def _update_protocol(self, train_log: dict) -> None:
         card = read_card(self.dir.root)
