@@ -158,3 +158,52 @@ def test_export_refuses_an_output_inside_the_run(incmoelora_run):
         export_run(incmoelora_run, incmoelora_run / "out", fmt="merged")
     with pytest.raises(OutputError, match="already exists"):
         export_run(incmoelora_run, incmoelora_run.parent, fmt="merged")
+
+
+# ---------------------------------------------------------------------------------------------- every LoRA method
+
+
+@pytest.mark.parametrize("name", ["lora", "ewc", "lwf", "inclora", "olora"])
+def test_every_plain_lora_method_round_trips_through_peft(name, tiny_llava_dir, tmp_path):
+    """In memory (no training run): random B's in every LoRA of the method's adapter, two tasks for the methods
+    that add a LoRA per task; the PEFT adapter gives the same logits."""
+    from dymoe.export.lora import plain_lora_kind, write_peft
+    from dymoe.injection.inject import AdapterConfig, inject
+    from dymoe.methods import build_method
+    from dymoe.methods.base import TaskInfo
+
+    model, _ = load_backbone(tiny_llava_dir, dtype="float32")
+    method = build_method({"name": name})
+    adapter = inject(model, method.configure_adapter(AdapterConfig(experts_per_group=2, expert_rank=2, alpha=8.0,
+                                                                   dropout=0.0)))
+    method.setup(model, adapter)
+    torch.manual_seed(5)
+    tasks = 2 if name in ("inclora", "olora") else 1
+    for t in range(tasks):
+        method.before_task(TaskInfo(index=t, name=f"T{t}", num_tasks=tasks))
+        for m in adapter.modules.values():
+            m.lora_B.data.normal_(0, 0.05)
+        if tasks > 1:
+            method.after_task(TaskInfo(index=t, name=f"T{t}", num_tasks=tasks))  # IncLoRA / O-LoRA fold
+    assert plain_lora_kind(method, adapter) == "lora"
+    model.eval()
+    inputs = _inputs()
+    expected = _logits(model, inputs)
+    out = write_peft(adapter, tmp_path / "peft", base_model=str(tiny_llava_dir))
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4 * tasks
+    base, _ = load_backbone(tiny_llava_dir, dtype="float32")
+    got = _logits(peft.PeftModel.from_pretrained(base, str(out)).eval(), inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["moelora", "incmoelora", "dymoe"])
+def test_mixtures_are_token_routed(name, tiny_llava_dir):
+    from dymoe.export.lora import plain_lora_kind
+    from dymoe.injection.inject import AdapterConfig, inject
+    from dymoe.methods import build_method
+
+    model, _ = load_backbone(tiny_llava_dir, dtype="float32")
+    method = build_method({"name": name})
+    adapter = inject(model, method.configure_adapter(AdapterConfig(experts_per_group=4, expert_rank=4)))
+    method.setup(model, adapter)
+    assert plain_lora_kind(method, adapter) == "token-routed"
