@@ -36,11 +36,12 @@ class NotALoRA(DymoeError):
 def plain_lora_kind(method, adapter) -> str:
     """``"lora"`` when the adapter at inference is a sum of LoRAs with weight 1; else ``"token-routed"`` (the
     experts' weights depend on each token) or ``"task-routed"`` (a per-sample choice of groups)."""
+    from dymoe.layers.moe_lora import MoELoRALinear
     from dymoe.methods.base import Method
 
-    routers = {m.router_mode for m in adapter.modules.values()}
-    if routers != {"none"}:
-        return "token-routed"
+    layers = list(adapter.modules.values())
+    if not all(isinstance(m, MoELoRALinear) for m in layers) or {m.router_mode for m in layers} != {"none"}:
+        return "token-routed"  # routed LoRA experts, or routed FFN experts (MoEFFN)
     if method.routing_policy("eval") is not None or type(method).group_mask is not Method.group_mask:
         return "task-routed"
     return "lora"

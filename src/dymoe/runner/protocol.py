@@ -41,7 +41,7 @@ KEY_FIELDS: tuple[str, ...] = (
     "backbone.config_sha256", "backbone.weights_sha256", "backbone.instruction_tuned",
     "benchmark.name", "benchmark.instruction_type", "benchmark.order", "benchmark.files_sha256",
     "benchmark.max_train_samples", "benchmark.max_eval_samples", "benchmark.eval_questions",
-    "adapter.experts_per_group", "adapter.expert_rank", "adapter.top_k", "adapter.targets",
+    "adapter.experts_per_group", "adapter.expert_rank", "adapter.top_k", "adapter.targets", "adapter.sites",
     "recipe.global_batch_size", "recipe.lr", "recipe.epochs", "recipe.schedule", "recipe.warmup_ratio",
     "recipe.max_length", "recipe.dtype", "recipe.mixed_precision",
     "evaluation.scorer_variant", "evaluation.scorers", "evaluation.max_new_tokens",
@@ -164,6 +164,7 @@ def build_card(cfg, *, benchmark, backbone_folder: str | os.PathLike, adapter, b
         "adapter": {
             "experts_per_group": a.experts_per_group, "expert_rank": a.expert_rank, "top_k": a.top_k,
             "alpha": a.alpha, "targets": list(a.targets), "router": a.router,
+            "sites": a.to_dict().get("sites"),  # injection sites beyond the flat default (vision, MLP experts)
             "method_adapter": adapter.config.to_dict(),
             "wrapped_modules": len(adapter.modules),
             "wrapped_module_names": sorted(adapter.modules),
