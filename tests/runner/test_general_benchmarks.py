@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from dymoe.config import load_config
+from dymoe.data.formats import load_eval_set
 from dymoe.eval.metrics import dmole_summary, summarize
 from dymoe.eval.scorers import SCORERS
 from dymoe.io import read_jsonl
-from dymoe.data.formats import load_eval_set
 from dymoe.runner.continual import resolve_benchmark, run
 from dymoe.runner.resources import resolve_minicoin
 

@@ -92,11 +92,11 @@ def test_locator_variants_and_report(finished, dymoe_cache, monkeypatch):
     bypassed feature, nearest plan prototype); the oracle variant routes every question to its own task; the
     locator report, the variant's matrix and CMoE's BWT (Immediate from the oracle variant) follow."""
     monkeypatch.setenv("DYMOE_CACHE", str(dymoe_cache))
+    from dymoe.config import load_config
     from dymoe.data.collate import build_generation_batch
     from dymoe.data.formats import load_test
     from dymoe.models.llava import load_backbone
     from dymoe.runner.continual import resolve_benchmark
-    from dymoe.config import load_config
     from dymoe.runner.resources import resolve_backbone_path
 
     cfg = load_config(SMOKE, SETTINGS[1:] + ["method.name=lora"])

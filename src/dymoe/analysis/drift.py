@@ -163,7 +163,6 @@ def _accuracy(run: Any, task: Any, desc: str) -> float:
     """Accuracy (percent) of ``run``'s current model on ``task``'s test subset, with eval routing."""
     from dymoe.eval.generate import generate_predictions
     from dymoe.eval.scorers import SCORERS, load_annotations
-
     from dymoe.runner.routing import EvalRouting
 
     ev, ctx = run.cfg.evaluation, run.adapter.context

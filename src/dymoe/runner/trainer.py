@@ -39,11 +39,11 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from dymoe.config import TrainingConfig
+from dymoe.data.collate import split_meta
 from dymoe.errors import ConfigError, DymoeError
 from dymoe.injection.inject import ExpertAdapter
 from dymoe.injection.state import load_adapter_into, load_method_state, save_adapter
 from dymoe.io import atomic_write_text
-from dymoe.data.collate import split_meta
 from dymoe.methods.base import BatchInfo, Method, StepInfo, TaskInfo
 from dymoe.runner.engines import PreparedTask
 from dymoe.runner.routing import apply_batch_routing, restore_routing
