@@ -16,7 +16,13 @@ from dymoe.methods.cmoe.functional import (
     select_expansion,
     zscore_argmax,
 )
-from dymoe.methods.cmoe.vae import TaskVAE, diag_gaussian_log_prob, kl_standard_normal, log_mean_exp, train_vae
+from dymoe.methods.cmoe.vae import (
+    TaskVAE,
+    diag_gaussian_log_prob,
+    kl_standard_normal,
+    log_mean_exp,
+    train_vae,
+)
 
 # three layers: four old experts + one probe, four old + one probe, two old + two probes (probes last)
 ACTS = [

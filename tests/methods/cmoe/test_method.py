@@ -96,7 +96,7 @@ def test_probes_copies_and_no_trace(tmp_path, cache_env):
     torch.manual_seed(1)
     method.before_task(info)
     # the copies equal their source, bit for bit (the most activated expert, or a trained probe kept in the plan)
-    for b, (lead, members) in enumerate(method.blocks):
+    for b, (_lead, members) in enumerate(method.blocks):
         n, src = int(decision["pgke.n_new"][b]), int(decision["pgke.source"][b])
         for m in members:
             layer = adapter.modules[m]
