@@ -67,3 +67,13 @@ def test_mini_coin_config():
     assert method.name == "cmoe" and cfg.adapter.alpha / cfg.adapter.expert_rank == 2.0
     assert cfg.benchmark.file == "minicoin" and cfg.benchmark.order == "origin"
     assert cfg.evaluation.metric == "cmoe" and method.options.vae_epochs == 20
+
+
+def test_cmoe_joins_the_demo_on_request_only():
+    from dymoe.demo.plan import demo_config, select_methods
+
+    registered = ["lora", "incmoelora", "dymoe", "cmoe"]
+    assert select_methods(None, registered) == (["lora", "incmoelora", "dymoe"], [])  # the default demo's budget
+    assert select_methods(["cmoe", "incmoelora"], registered) == (["incmoelora", "cmoe"], [])
+    cfg = demo_config("cmoe", quick=True, seed=2)
+    assert cfg.method_name == "cmoe" and cfg.label == "LLaVA-CMoE" and cfg.training.seed == 2
