@@ -63,7 +63,9 @@ def test_planning_phase_and_growth(finished):
     assert p1["log"]["vae"]["features"] == [8, 64]
     p2 = json.loads((finished / "checkpoints" / "task_2_ImageNet.plan" / "plan.json").read_text())
     # 50 % of 8 samples: 3 probe-train (1 step at batch 4, lr 3e-4), 1 probe-eval
-    assert p2["log"]["pgke"]["probe_train"] == 3 and p2["log"]["pgke"]["probe_eval"] == 1
+    pg = p2["log"]["pgke"]
+    assert pg["probe_train"] == 3 and pg["probe_eval"] == 1
+    assert pg["param_ratio"] == pg["layers_grown"] / 2
     assert [(t["steps"], t["samples"], t["lr"]) for t in p2["train"]] == [(1, 3, 3e-4)]
     state = load_file(str(finished / "checkpoints" / "task_2_ImageNet.plan" / "plan_state.safetensors"))
     n_new = state["pgke.n_new"].tolist()

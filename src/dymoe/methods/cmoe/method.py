@@ -166,9 +166,11 @@ class CMoE(Method):
                         out[f"copy.{m}.A"], out[f"copy.{m}.B"] = state["A"], state["B"]
         finally:
             adapter.restore(snap)  # the probes and the probe router leave no trace
-        planner.log["pgke"] = {"probe_train": len(train_idx), "probe_eval": len(eval_idx),
-                               "layers_grown": int((decision["n_new"] > 0).sum()),
-                               "experts_added": int(decision["n_new"].sum()), "layers": len(self.blocks)}
+        grown = int((decision["n_new"] > 0).sum())
+        planner.log["pgke"] = {"probe_train": len(train_idx), "probe_eval": len(eval_idx), "layers_grown": grown,
+                               "experts_added": int(decision["n_new"].sum()), "layers": len(self.blocks),
+                               # Table 2 right: the task's added parameters over an every-layer expansion
+                               "param_ratio": grown / max(len(self.blocks), 1)}
         return out
 
     @torch.no_grad()
