@@ -192,11 +192,13 @@ class CMoE(Method):
             acc, self._act = self._act, None
         acts = []
         for lead, _ in self.blocks:
-            if lead not in acc:
-                raise DymoeError(f"cmoe: no routing seen in {lead} during the probe-eval pass")
-            sums, tokens = acc[lead]
-            total = planner.all_reduce(torch.cat([sums, tokens[None]]).cpu())
-            acts.append(total[:-1] / total[-1].clamp_min(1.0))
+            # a process without probe-eval batches (fewer batches than processes) contributes zeros
+            n = self.adapter.modules[lead].num_experts
+            sums, tokens = acc.get(lead, (torch.zeros(n, dtype=torch.float64), torch.zeros((), dtype=torch.float64)))
+            total = planner.all_reduce(torch.cat([sums.cpu(), tokens.reshape(1).cpu()]))
+            if float(total[-1]) == 0:
+                raise DymoeError(f"cmoe: no probe-eval token reached {lead}; raise method.probe_fraction")
+            acts.append(total[:-1] / total[-1])
         return acts
 
     def _train_locator(self, task: TaskInfo, planner) -> None:
@@ -342,8 +344,11 @@ class CMoE(Method):
     def loss_terms(self, batch: dict, outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
         """``aux``: κ · the Switch load balancing ``E · Σ_e f_e P_e`` of every routing layer, averaged (cmoe.md §5.4)."""
         events, self._events = self._events, []
-        if self.options.aux_weight <= 0 or not events:
+        if self.options.aux_weight <= 0:
             return {}
+        if not events:  # the same keys on every process and step
+            return {"aux": torch.zeros((), device=outputs.loss.device if getattr(outputs, "loss", None) is not None
+                                       else None)}
         total = sum(load_balance_loss(ev.scores, 0, ev.token_mask, ev.layer.top_k, ev.layer.temperature, "switch")
                     for ev in events)
         return {"aux": self.options.aux_weight * total / len(events)}
