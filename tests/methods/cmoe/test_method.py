@@ -64,7 +64,7 @@ def test_the_layer_is_the_papers(tmp_path, cache_env):
     lead, follow = run.adapter.modules[names[0]], run.adapter.modules[names[1]]
     assert lead.router_bank is not None and follow.route_role == "follower" and follow.router_bank is None
     assert lead.top_k == 2 and lead.router_mode == "linear" and lead.temperature == 1.0
-    assert lead.scaling == 16.0 / 2  # alpha / rank per expert (smoke: rank 2, alpha 16)
+    assert lead.scaling == 2.0  # alpha / rank per expert (alpha defaults to 2 x the rank, the paper's 128 / 64)
     assert [b[0] for b in run.method.blocks] == [names[0], names[2]]
 
 
