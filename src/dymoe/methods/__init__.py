@@ -1,7 +1,8 @@
 """Continual-learning methods as plugins, registered by name: one file per baseline, one package per system
-(``dymoe/``; the peer systems ``cmoe/``, ``dmole/``, ``smoe_dsal/`` are placeholders until their issues land)."""
+(``dymoe/``, ``cmoe/``; the peer systems ``dmole/``, ``smoe_dsal/`` are placeholders until their issues land)."""
 
 from dymoe.methods.base import Method, StepInfo, TaskInfo
+from dymoe.methods.cmoe import CMoE
 from dymoe.methods.dymoe import DyMoE
 from dymoe.methods.ewc import EWC
 from dymoe.methods.inclora import IncLoRA
@@ -21,6 +22,7 @@ METHODS.add(LwF.name, LwF)
 METHODS.add(IncLoRA.name, IncLoRA)
 METHODS.add(OLoRA.name, OLoRA)
 METHODS.add(DyMoE.name, DyMoE)
+METHODS.add(CMoE.name, CMoE)
 
 
 def build_method(method_cfg: dict) -> Method:
