@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dymoe.errors import DataError
+from dymoe.io import read_json
 
 PROTOCOL_FILE = "protocol.json"
 FORMAT = "dymoe-protocol/1"
@@ -195,10 +196,7 @@ def read_card(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(run_dir) / PROTOCOL_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")
     return data
