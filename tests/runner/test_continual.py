@@ -106,8 +106,14 @@ def test_sigkill_during_task_2_then_resume_gives_the_same_result(tmp_path, dymoe
     p.send_signal(signal.SIGKILL)
     assert p.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed inside task 2"
     assert not (broken / "checkpoints" / "task_2_ImageNet" / "adapter.json").exists()
+    env_first = json.loads((broken / "env.json").read_text())
     p = _run_cli(["run", str(SMOKE), "--output", str(broken), *sets], dymoe_cache)
     assert p.wait(timeout=600) == 0, p.stderr.read()
+    # env.json keeps the first start's record (its commit and time) and lists the resume under it
+    env = json.loads((broken / "env.json").read_text())
+    assert {k: v for k, v in env.items() if k != "resumes"} == env_first and "resumes" not in env_first
+    assert len(env["resumes"]) == 1 and env["resumes"][0]["torch"] == torch.__version__
+    assert env["resumes"][0]["started"] >= env_first["started"]
     assert (broken / "matrix.json").read_text() == (ref / "matrix.json").read_text()
     a = load_file(str(ref / "checkpoints" / "task_2_ImageNet" / "adapter.safetensors"))
     b = load_file(str(broken / "checkpoints" / "task_2_ImageNet" / "adapter.safetensors"))

@@ -233,3 +233,18 @@ def test_cli_compare_errors_exit_2(tmp_path, capsys):
     bad.write_text(json.dumps({"LoRA": {"MFN": "high"}}))
     assert main(["compare", str(runs[0]), "--reference", str(bad)]) == 2
     assert "expected {label: {task or metric: number}}" in capsys.readouterr().err
+
+
+def test_an_unset_alpha_is_shown_as_what_it_resolves_to():
+    from dymoe.injection.config import AdapterConfig
+    from dymoe.runner.report import _settings_rows
+
+    for adapter, expect in (({"experts_per_group": 4, "expert_rank": 4, "alpha": None}, "2 × bank rank = 32"),
+                            ({"experts_per_group": 4, "expert_rank": 4, "bank_rank": 64, "alpha": None},
+                             "2 × bank rank = 128"),
+                            ({"experts_per_group": 4, "expert_rank": 4, "alpha": 8.0}, 8.0)):
+        rows = dict(_settings_rows({"method": {"name": "lora"}, "adapter": adapter}))
+        assert rows["adapter.alpha"] == expect
+        if isinstance(expect, str):  # the same number the layers use
+            fields = {k: v for k, v in adapter.items() if k in AdapterConfig.__dataclass_fields__}
+            assert expect.endswith(f"{AdapterConfig(**fields).effective_alpha:g}")

@@ -171,6 +171,29 @@ def environment(cfg: RunConfig, accelerator, batching=None) -> dict:
     }
 
 
+# what a resume records of the process that resumed (the first start's record stays the top level of env.json)
+_RESUME_KEYS = ("git_commit", "started", "python", "torch", "transformers", "accelerate", "device", "num_processes",
+                "distributed_type", "mixed_precision", "torch_threads")
+
+
+def _env_record(path: Path, env: dict, tasks: list[str], benchmark: str) -> dict:
+    """``env.json`` for a start: the environment of the run's first start, with one entry per resume under
+    ``resumes`` (commit, time, versions, device of each resuming process), so a resumed run keeps the commit it
+    started from and says what continued it."""
+    record = {**env, "tasks": tasks, "benchmark": benchmark}
+    if not path.is_file():
+        return record
+    try:
+        first = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return record  # an unreadable env.json (a pre-atomic-write run) is replaced, as before
+    if not isinstance(first, dict) or "started" not in first:
+        return record
+    resumes = list(first.get("resumes") or [])
+    resumes.append({k: env.get(k) for k in _RESUME_KEYS})
+    return {**first, "resumes": resumes}
+
+
 def _subsample(items: list, n: int | None, seed: int) -> list:
     if n is None or n >= len(items):
         return items
@@ -304,7 +327,7 @@ class ContinualRun:
         if self.main and (not self.evaluation_only or self.out is not self.dir):
             atomic_write_text(self.out.config, resolved)
         if card is not None:
-            atomic_write_json(self.dir.env, {**env, "tasks": self.names, "benchmark": str(self.benchmark.name)})
+            atomic_write_json(self.dir.env, _env_record(self.dir.env, env, self.names, str(self.benchmark.name)))
             atomic_write_json(self.dir.root / PROTOCOL_FILE, card)
         if acc.log_with:
             acc.init_trackers("dymoe", config=_flat(cfg.to_dict()))

@@ -217,8 +217,19 @@ def _settings_rows(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
     for key in KEY_SETTINGS:
         found, value = _dotted(config, key)
         if found:
+            if key == "adapter.alpha" and value is None:
+                value = _tied_alpha(config.get("adapter") or {})
             rows.append((key, value))
     return rows
+
+
+def _tied_alpha(adapter: Mapping[str, Any]) -> str:
+    """How an unset ``adapter.alpha`` resolves: 2 × the bank rank (``injection.AdapterConfig.effective_alpha``)."""
+    bank = adapter.get("bank_rank")
+    if bank is None and isinstance(adapter.get("experts_per_group"), int) and isinstance(
+            adapter.get("expert_rank"), int):
+        bank = adapter["experts_per_group"] * adapter["expert_rank"]
+    return f"2 × bank rank = {2 * bank:g}" if isinstance(bank, int | float) else "2 × bank rank"
 
 
 def _matrix_table(tasks: Sequence[str], matrix: Sequence[Sequence[float]]) -> list[str]:
