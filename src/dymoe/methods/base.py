@@ -68,7 +68,9 @@ class TaskInfo:
 
     Attributes:
         index: 0-based position in the sequence; ``name``: task name; ``num_tasks``: length of the sequence;
-        ``train_samples``: the task's training samples (after replay mixing); ``total_steps``: optimizer steps.
+        ``train_samples``: the task's training samples (after replay mixing); ``total_steps``: optimizer steps;
+        ``epochs``: the task's epochs (its own ``epochs`` in the benchmark, else ``training.epochs``; set by the
+        runner before the planning phase, None outside a run).
     """
 
     index: int
@@ -76,6 +78,7 @@ class TaskInfo:
     num_tasks: int
     train_samples: list = dataclasses.field(default_factory=list)
     total_steps: int = 0
+    epochs: float | None = None
 
 
 #: the key of :meth:`Method.batch_routing`'s result that holds the locator's predicted task per sample

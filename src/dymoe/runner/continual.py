@@ -435,6 +435,7 @@ class ContinualRun:
         past = {t.name: self.train_set(t) for t in self.tasks[:k]} if cfg.replay.samples_per_task else {}
         samples += _replay(past, cfg.replay.samples_per_task, cfg.replay.seed)
         info.train_samples = samples
+        info.epochs = float(task.epochs if task.epochs is not None else cfg.training.epochs)
         from accelerate.utils import set_seed
 
         params_before = parameter_report(self.adapter)["total"]

@@ -26,6 +26,7 @@ import json
 import math
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,8 @@ def run_planning(run: Any, k: int, info: TaskInfo) -> dict | None:
     """The planning phase of task ``k`` (0-based), or its saved outcome on resume; None for a method without one.
 
     Seeds the planning phase (``training.seed * 1000 + k + PLAN_SEED_OFFSET``); the caller sets the task's seed
-    after it. Returns the ``plan.json`` summary (``{"loaded": bool, "train": [...], "log": {...}}``).
+    after it. Returns the ``plan.json`` summary (``{"loaded": bool, "train": [...], "log": {...}, "seconds": wall
+    time of the phase on this process}``).
     """
     method = run.method
     if not method.plans:
@@ -216,8 +218,10 @@ def run_planning(run: Any, k: int, info: TaskInfo) -> dict | None:
         return {**summary, "loaded": True}
     set_seed(run.cfg.training.seed * 1000 + k + PLAN_SEED_OFFSET)
     planner = Planner(run, info)
+    start = time.perf_counter()
     method.plan(info, planner)
-    summary = {"train": planner._trained, "log": planner.log}
+    # wall time of the planning phase (probe training, passes, feature pass...): a resumed run keeps the saved one
+    summary = {"train": planner._trained, "log": planner.log, "seconds": time.perf_counter() - start}
     if run.main:
         state = {n: t.detach().cpu().contiguous() for n, t in method.plan_state().items()}
         with writing(folder, "planning phase"):

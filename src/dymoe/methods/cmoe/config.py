@@ -44,7 +44,8 @@ class CMoEOptions:
         aux_weight: Switch load balancing κ: 1e-3 (over every routing layer, averaged).
         vae_hidden, vae_latent, vae_eps, vae_n_rep: the VAE (A7): 512, 64, 1e-4, 8.
         vae_kl_weight, vae_rec_weight: λ, η: 1e-3 each.
-        vae_lr: the VAE's AdamW learning rate: 2e-4 (the paper's); vae_epochs: None = the task's epochs;
+        vae_lr: the VAE's AdamW learning rate: 2e-4 (the paper's); vae_epochs: None = the task's epochs
+            (``TaskInfo.epochs``: the benchmark's per-task epochs, else ``training.epochs``);
             vae_batch_size: None = training.batch_size.
         primitive_samples: T: 1000 (min with the task's size); primitive_subset: ``last`` (the last T samples of
             the final epoch) or ``random``.

@@ -210,7 +210,8 @@ class CMoE(Method):
         feats = feats.to(device)
         vae.requires_grad_(True)
         try:
-            epochs = o.vae_epochs if o.vae_epochs is not None else float(getattr(planner.run.cfg.training, "epochs", 1))
+            # None: the task's own epochs (per-task epochs of the benchmark, else training.epochs)
+            epochs = o.vae_epochs if o.vae_epochs is not None else float(task.epochs or 1.0)
             bs = o.vae_batch_size or int(planner.run.cfg.training.batch_size)
             losses, last_order = train_vae(vae, feats, epochs=epochs, batch_size=bs, lr=o.vae_lr, n_rep=o.vae_n_rep,
                                            kl_weight=o.vae_kl_weight, rec_weight=o.vae_rec_weight,
