@@ -42,7 +42,7 @@ def _data(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def _settings(bench: Path, initial: Path, images: Path) -> list[str]:
     return ["method.name=cmoe", f"benchmark.file={bench}", "benchmark.order=null", "benchmark.max_train_samples=8",
-            "benchmark.max_eval_samples=4", "training.batch_size=4", "evaluation.metric=cmoe",
+            "benchmark.max_eval_samples=2", "evaluation.max_new_tokens=4", "training.batch_size=4", "evaluation.metric=cmoe",
             "method.initial_experts=4", "method.probe_fraction=0.5", f"method.initial_data={initial}",
             f"method.initial_image_root={images}", "method.initial_epochs=2", "method.initial_lr=5.0e-3",
             "method.variants=[oracle]", "trackers=[]"]
