@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from dymoe.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[3]
