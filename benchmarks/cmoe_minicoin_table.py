@@ -61,7 +61,8 @@ def main() -> None:
     args = ap.parse_args()
     data = {}
     for name in args.names:
-        runs = sorted(p for p in args.root.glob(f"{name}_s*") if (p / "metrics.json").is_file())
+        runs = sorted(p for p in args.root.glob(f"{name}_s*") if (p / "metrics.json").is_file()
+                      and json.loads((p / "metrics.json").read_text()).get("complete"))  # finished runs only
         data[name] = {p.name.rsplit("_s", 1)[1]: load(p) for p in runs}
     tasks = next(r for d in data.values() for r in d.values())["tasks"]
     print("| method | seeds | row | " + " | ".join(tasks) + " | mean |")
