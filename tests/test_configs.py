@@ -13,6 +13,9 @@ from dymoe.runner.reproduce import DEFAULT_PLAN, load_plan
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = set(RunConfig.__dataclass_fields__)
 ALL_YAML = sorted(p for p in (ROOT / "configs").rglob("*.yaml"))
+#: the system whose paper table each reproduce plan reproduces (a new plan must be listed here)
+PLAN_SYSTEMS = {"main-table.yaml": "LLaVA-DyMoE", "ablation.yaml": "LLaVA-DyMoE", "task-router.yaml": "LLaVA-DyMoE",
+                "cmoe-main-table.yaml": "LLaVA-CMoE"}
 
 
 def test_there_are_configs():
@@ -35,7 +38,9 @@ def test_every_yaml_parses_and_validates(path, tmp_path):
     elif rel[0] == "reproduce":
         plan = load_plan(path)
         assert all(p.is_file() for p in plan.base.values())
-        assert "LLaVA-DyMoE" in [label for label, _ in plan.methods]
+        assert all(f.is_file() for per in plan.configs.values() for files in per.values() for f in files)
+        # every plan reproduces a table of one system's paper and holds that system's row
+        assert PLAN_SYSTEMS[path.name] in [label for label, _ in plan.methods]
     elif set(data) <= RUN_KEYS:
         cfg = load_config(path, ["backbone.path=tiny:test"])
         method = build_method(cfg.method)

@@ -67,10 +67,15 @@ def test_planning_phase_is_saved_with_its_own_training(finished):
         assert summary["train"] == [{"steps": 1, "samples": 4, "lr": 5e-3, "epochs": 1.0, "schedule": "constant",
                                      "final_loss": summary["train"][0]["final_loss"]}]
         assert summary["log"]["features"] == [8, 64]  # every training sample, hidden size 64
+        assert summary["log"]["epochs"] == 1.0  # TaskInfo.epochs: no per-task epochs, so smoke's training.epochs
+        # the phase's wall time encloses what plan() timed itself, plus the runner's bookkeeping only
+        body = summary["log"]["body_seconds"]
+        assert body > 0 and body <= summary["seconds"] < body + 1.0
         state = load_file(str(plan / "plan_state.safetensors"))
         assert state["prototypes"].shape == (k, 64)
     metrics = json.loads((finished / "metrics.json").read_text())
     assert metrics["train"]["ImageNet"]["plan"]["loaded"] is False
+    assert metrics["train"]["ImageNet"]["plan"]["seconds"] == summary["seconds"]  # reported in metrics.json too
     # parameter accounting: a group of experts per task; the adapter's tensors in the checkpoints by hand
     p1, p2 = (metrics["train"][t]["parameters"] for t in TASKS)
     sizes = [sum(t.numel() for t in load_file(str(finished / "checkpoints" / f"task_{k}_{t}" /
@@ -147,6 +152,8 @@ def test_resume_after_sigkill_between_planning_and_training(finished, tmp_path, 
     assert "planning phase loaded" in proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["ImageNet"]["plan"]["loaded"] is True
+    saved = json.loads((out / "checkpoints" / "task_2_ImageNet.plan" / "plan.json").read_text())
+    assert metrics["train"]["ImageNet"]["plan"]["seconds"] == saved["seconds"] > 0  # the saved phase's time
     # the same matrix, predictions and checkpoints as the uninterrupted run
     for rel in ["matrix.json", "variants/oracle/matrix.json", "predictions/ImageNet/after_2.jsonl",
                 "variants/oracle/predictions/ScienceQA/after_2.jsonl",

@@ -1,13 +1,14 @@
-"""``dymoe reproduce main-table|ablation``: a DyMoE paper table (the main table of eight methods, or the component
-ablation IncMoELoRA → +L_aux → +TAG → +L_exc → +L_spe), mean ± std over seeds; the main table under the baselines'
-own papers' settings (``--budget paper``) or one shared budget (``--budget equal``)."""
+"""``dymoe reproduce main-table|ablation|task-router|cmoe-main-table``: a paper table (DyMoE's main table of eight
+methods, its component ablation IncMoELoRA → +L_aux → +TAG → +L_exc → +L_spe, its task-router table, or LLaVA-CMoE's
+Table 1 with Immediate and Last rows), mean ± std over seeds; the main tables under the baselines' own papers'
+settings (``--budget paper``) or one shared budget (``--budget equal``)."""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("reproduce", help="reproduce a paper table (main-table, ablation, task-router)")
-    p.add_argument("table", choices=["main-table", "ablation", "task-router"])
+    p = sub.add_parser("reproduce", help="reproduce a paper table (main-table, ablation, task-router, cmoe-main-table)")
+    p.add_argument("table", choices=["main-table", "ablation", "task-router", "cmoe-main-table"])
     p.add_argument("--benchmark", default="minicoin", help="minicoin (this machine) or coin (a GPU cluster)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--backbone", default=None, help="backbone folder (coin: the folder `dymoe build-base llava-1.5-untuned` wrote)")

@@ -298,6 +298,20 @@ def _task(raw: Any, idx: int, root: Path, path: Path) -> TaskSpec:
     )
 
 
+def initial_task(raw: Any, root: Path, where: str) -> TaskSpec:
+    """A training-only task ``"initial"`` from ``{"train": ..., "image_root": ...}`` (a benchmark task's keys;
+    relative paths against ``root``): a method's initial data set (CMoE's initial experts). It has no test set of
+    its own (its evaluation fields point at its first training file and are never used)."""
+    if not isinstance(raw, dict) or "train" not in raw:
+        raise ConfigError(f"{where}: expected a mapping with 'train' (and 'image_root'), got {raw!r}")
+    raw = _keys(raw, {"train", "image_root"}, where)
+    default_root = root / _str(raw["image_root"], f"{where}.image_root") if "image_root" in raw else None
+    files = _train_files(raw["train"], default_root, root, f"{where}.train")
+    first = files[0]
+    return TaskSpec(name="initial", train=first.path, test=first.path, image_root=default_root or first.image_root,
+                    scorer="exact-match", train_files=files)
+
+
 def _check_folder_names(names: list[str], path: Path) -> None:
     """Each task gets folders named after it (``predictions/<name>/``, ``checkpoints/task_<k>_<name>``): two names
     that map to one folder name ("Viz Wiz" / "Viz_Wiz", or "VizWiz" / "vizwiz" on a case-insensitive file system)

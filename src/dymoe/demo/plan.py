@@ -103,6 +103,15 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[str]:
     return items
 
 
+def layer_overrides(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """``key=value`` overrides equal to layering the YAML files ``paths`` in order (later files win, mappings merge
+    key by key, as the demo layers ``<method>.yaml`` over ``minicoin.yaml``)."""
+    data: dict[str, Any] = {}
+    for path in paths:
+        data = _merge(data, _read_yaml(Path(path)))
+    return _flatten(data)
+
+
 def demo_overrides(method: str, *, quick: bool = False, seed: int = 0,
                    config_dir: str | os.PathLike | None = None) -> list[str]:
     """The ``key=value`` overrides of ``minicoin.yaml`` for one demo run.

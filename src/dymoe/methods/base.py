@@ -68,7 +68,9 @@ class TaskInfo:
 
     Attributes:
         index: 0-based position in the sequence; ``name``: task name; ``num_tasks``: length of the sequence;
-        ``train_samples``: the task's training samples (after replay mixing); ``total_steps``: optimizer steps.
+        ``train_samples``: the task's training samples (after replay mixing); ``total_steps``: optimizer steps;
+        ``epochs``: the task's epochs (its own ``epochs`` in the benchmark, else ``training.epochs``; set by the
+        runner before the planning phase, None outside a run).
     """
 
     index: int
@@ -76,6 +78,7 @@ class TaskInfo:
     num_tasks: int
     train_samples: list = dataclasses.field(default_factory=list)
     total_steps: int = 0
+    epochs: float | None = None
 
 
 #: the key of :meth:`Method.batch_routing`'s result that holds the locator's predicted task per sample
@@ -209,6 +212,29 @@ class Method:
     def plans(self) -> bool:
         """Whether this method has a planning phase (it overrides :meth:`plan`)."""
         return type(self).plan is not Method.plan
+
+    def initial_data(self) -> dict | None:
+        """The data set of an **initial phase** before task 1 (:meth:`initial_phase`; CMoE's initial experts,
+        cmoe.md A1), or None (no initial phase, the default): ``{"train": <path, or a list of training files as
+        a benchmark task's "train" entry>, "image_root": <folder>}``; relative paths are resolved against the
+        benchmark's data root."""
+        return None
+
+    def initial_phase(self, task: TaskInfo, planner: Any) -> None:
+        """Train what must exist before task 1 on :meth:`initial_data` (called once, before task 1's planning
+        phase). ``planner`` is a :class:`dymoe.runner.planning.Planner` over the initial samples (``task``:
+        ``TaskInfo(index=0, name="initial")``); the outcome is :meth:`initial_state`, saved in
+        ``checkpoints/initial.plan/`` and loaded by :meth:`load_initial_state` on resume."""
+        raise NotImplementedError(f"method {self.name!r} names initial data but has no initial phase")
+
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        """The initial phase's outcome (tensors). Default: empty."""
+        return {}
+
+    def load_initial_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`initial_state` returned (a resumed run does not train the initial phase again)."""
+        if state:
+            raise ValueError(f"method {self.name!r} has no initial state but got keys {sorted(state)[:3]}")
 
     def plan_state(self) -> dict[str, torch.Tensor]:
         """The planning phase's outcome (tensors), saved after :meth:`plan` and given to :meth:`load_plan_state`

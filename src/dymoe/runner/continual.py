@@ -33,7 +33,7 @@ from dymoe.config import RunConfig, dump_config
 from dymoe.data.coin import check_scorable, load_train, read_json_rows
 from dymoe.data.collate import VLMCollator, text_only_samples
 from dymoe.data.formats import load_eval_set
-from dymoe.data.tasks import Benchmark, EvalSet, TaskSpec, load_benchmark
+from dymoe.data.tasks import Benchmark, EvalSet, TaskSpec, initial_task, load_benchmark
 from dymoe.errors import CheckpointError, ConfigError, DataError, DymoeError, OutputError
 from dymoe.eval.forgetting import FILE as FORMAT_FORGETTING_FILE
 from dymoe.eval.forgetting import format_forgetting, score_cell, variants
@@ -71,7 +71,7 @@ from dymoe.runner.evaluation import (
     variant_dir,
     variants_of,
 )
-from dymoe.runner.planning import run_planning
+from dymoe.runner.planning import run_initial_phase, run_planning
 from dymoe.runner.protocol import PROTOCOL_FILE, build_card, differing_fields, protocol_key, read_card, short
 from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin
 from dymoe.runner.rundir import RunDir, RunLock
@@ -353,6 +353,18 @@ class ContinualRun:
             self._train_sets[task.name] = _subsample(samples, b.max_train_samples, self.cfg.training.seed)
         return self._train_sets[task.name]
 
+    def initial_set(self, spec: dict) -> tuple[list, list[str]]:
+        """The samples of a method's initial data set (:meth:`~dymoe.methods.base.Method.initial_data`: a
+        benchmark task's ``train`` entry and ``image_root``, relative to the benchmark's data root) and its files."""
+        task = initial_task(spec, self.benchmark.data_root, f"method {self.method.name!r} initial data")
+        b = self.cfg.benchmark
+        samples = load_train(task, instruction_type=self.benchmark.instruction_type, seed=self.cfg.training.seed,
+                             skip_invalid=b.skip_invalid, decode_images=b.skip_invalid)
+        files = [str(f.path) for f in task.train_files]
+        if not samples:
+            raise DataError(f"{', '.join(files)}: the initial data set has no training samples")
+        return self._text_only(list(samples), task, "training"), files
+
     def _text_only(self, samples: list, task: TaskSpec, split: str) -> list:
         """A causal-LM backbone takes no images: refused or skipped by ``backbone.image_samples``."""
         if not is_text_only(self.processor):
@@ -435,9 +447,12 @@ class ContinualRun:
         past = {t.name: self.train_set(t) for t in self.tasks[:k]} if cfg.replay.samples_per_task else {}
         samples += _replay(past, cfg.replay.samples_per_task, cfg.replay.seed)
         info.train_samples = samples
+        info.epochs = float(task.epochs if task.epochs is not None else cfg.training.epochs)
         from accelerate.utils import set_seed
 
         params_before = parameter_report(self.adapter)["total"]
+        # a method's initial phase on its own data set (before task 1's planning), or loaded on resume
+        initial = run_initial_phase(self, info) if k == 0 else None
         # the planning phase (methods that have one): run under its own seed, or loaded on resume
         plan = run_planning(self, k, info)
         # seeded per task *before* the method grows anything, so a resumed run initialises new experts identically
@@ -463,6 +478,7 @@ class ContinualRun:
                                         epochs=task.epochs)  # per-task epochs (None: training.epochs)
         self.method.after_task(info, self.trainer)
         log = {**result.__dict__, "trainable_params": n_trainable, **({"plan": plan} if plan is not None else {}),
+               **({"initial": initial} if initial is not None else {}),
                "parameters": task_parameters(self.adapter, params_before)}
         if self.main:
             log["cost"] = task_cost(result, params_before=n_before, params_after=self.adapter.num_parameters(),

@@ -13,6 +13,10 @@ activation statistics, D-MoLE's zero-cost proxy and budget allocation) is called
 * :meth:`Planner.features`: a **feature pass** with the frozen backbone (every expert layer bypassed, no grad),
   sharded across processes and returned in sample order.
 
+A method may also have an **initial phase** on a data set of its own before task 1 (:func:`run_initial_phase`;
+CMoE's initial experts): the same :class:`Planner` over the samples of
+:meth:`~dymoe.methods.base.Method.initial_data`, saved in ``checkpoints/initial.plan/`` and loaded on resume.
+
 The outcome is :meth:`~dymoe.methods.base.Method.plan_state`, saved to ``checkpoints/task_<k>_<name>.plan/``; a
 resumed run loads it (:meth:`~dymoe.methods.base.Method.load_plan_state`) instead of planning again. The planning
 phase runs under its own seed, and the task's seed is set again after it, so a run killed between planning and
@@ -26,6 +30,7 @@ import json
 import math
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,7 @@ from dymoe.methods.base import BatchInfo, TaskInfo
 from dymoe.runner.routing import apply_batch_routing, restore_routing
 from dymoe.runner.trainer import TrainResult, batch_info
 
-__all__ = ["PLAN_FILE", "PLAN_SEED_OFFSET", "Planner", "run_planning"]
+__all__ = ["INITIAL_DIR", "PLAN_FILE", "PLAN_SEED_OFFSET", "Planner", "run_initial_phase", "run_planning"]
 
 PLAN_FILE = "plan.json"
 PLAN_STATE_FILE = "plan_state.safetensors"
@@ -191,11 +196,80 @@ def plan_dir(run: Any, k: int, name: str) -> Path:
     return Path(str(run.dir.checkpoint(k + 1, name)) + ".plan")
 
 
+#: the initial phase's folder under ``checkpoints/`` and its seed offset (``training.seed * 1000 + offset``)
+INITIAL_DIR = "initial.plan"
+INITIAL_SEED_OFFSET = 900
+
+
+def run_initial_phase(run: Any, first: TaskInfo) -> dict | None:
+    """The method's initial phase before task 1 on its own data set (:meth:`~dymoe.methods.base.Method.initial_data`),
+    or its saved outcome on resume; None for a method without one.
+
+    Seeded ``training.seed * 1000 + INITIAL_SEED_OFFSET``; saved in ``checkpoints/initial.plan/`` (``plan.json``:
+    the data, its sample count, the training, the method's log and the phase's wall time; the method's
+    :meth:`~dymoe.methods.base.Method.initial_state` as safetensors). Returns that summary with ``loaded``.
+    """
+    method = run.method
+    spec = method.initial_data()
+    if spec is None:
+        return None
+    folder = run.dir.root / "checkpoints" / INITIAL_DIR
+    loaded = _load_saved(folder)
+    if loaded is not None:
+        summary, state = loaded
+        method.load_initial_state(state)
+        if run.main:
+            print(f"initial phase loaded from {folder}", file=_stderr())
+        return {**summary, "loaded": True}
+    from accelerate.utils import set_seed
+
+    samples, files = run.initial_set(spec)
+    info = TaskInfo(index=0, name="initial", num_tasks=first.num_tasks, train_samples=samples,
+                    epochs=float(run.cfg.training.epochs))
+    set_seed(run.cfg.training.seed * 1000 + INITIAL_SEED_OFFSET)
+    planner = Planner(run, info)
+    if run.main:
+        print(f"initial phase: {len(samples)} samples from {', '.join(files)}", file=_stderr())
+    start = time.perf_counter()
+    method.initial_phase(info, planner)
+    summary = {"data": files, "samples": len(samples), "train": planner._trained, "log": planner.log,
+               "seconds": time.perf_counter() - start}
+    _save(run, folder, summary, method.initial_state() if run.main else {}, "initial phase")
+    return {**summary, "loaded": False}
+
+
+def _load_saved(folder: Path) -> tuple[dict, dict] | None:
+    """``(plan.json, state)`` of a saved phase, None if there is none."""
+    if not (folder / PLAN_FILE).is_file():
+        return None
+    try:
+        summary = json.loads((folder / PLAN_FILE).read_text())
+        state = load_file(str(folder / PLAN_STATE_FILE)) if (folder / PLAN_STATE_FILE).is_file() else {}
+    except (OSError, json.JSONDecodeError, Exception) as err:  # safetensors raises its own errors
+        raise CheckpointError(f"{folder}: the saved planning phase cannot be read ({err}); delete the folder "
+                              "to plan the task again") from None
+    return summary, state
+
+
+def _save(run: Any, folder: Path, summary: dict, state: dict, what: str) -> None:
+    """Write a phase's ``plan.json`` and state atomically (main process), then wait for every process."""
+    if run.main:
+        state = {n: t.detach().cpu().contiguous() for n, t in state.items()}
+        with writing(folder, what):
+            tmp = make_temp_dir(folder.parent, folder.name)  # .<name>.tmp-<random>: a killed write is cleaned up
+            save_file(state, str(tmp / PLAN_STATE_FILE))
+            (tmp / PLAN_FILE).write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.replace(folder)
+    run.acc.wait_for_everyone()
+
+
 def run_planning(run: Any, k: int, info: TaskInfo) -> dict | None:
     """The planning phase of task ``k`` (0-based), or its saved outcome on resume; None for a method without one.
 
     Seeds the planning phase (``training.seed * 1000 + k + PLAN_SEED_OFFSET``); the caller sets the task's seed
-    after it. Returns the ``plan.json`` summary (``{"loaded": bool, "train": [...], "log": {...}}``).
+    after it. Returns the ``plan.json`` summary (``{"loaded": bool, "train": [...], "log": {...}, "seconds": wall
+    time of the phase on this process}``).
     """
     method = run.method
     if not method.plans:
@@ -203,30 +277,20 @@ def run_planning(run: Any, k: int, info: TaskInfo) -> dict | None:
     from accelerate.utils import set_seed
 
     folder = plan_dir(run, k, info.name)
-    if (folder / PLAN_FILE).is_file():
-        try:
-            summary = json.loads((folder / PLAN_FILE).read_text())
-            state = load_file(str(folder / PLAN_STATE_FILE)) if (folder / PLAN_STATE_FILE).is_file() else {}
-        except (OSError, json.JSONDecodeError, Exception) as err:  # safetensors raises its own errors
-            raise CheckpointError(f"{folder}: the saved planning phase cannot be read ({err}); delete the folder "
-                                  "to plan the task again") from None
+    loaded = _load_saved(folder)
+    if loaded is not None:
+        summary, state = loaded
         method.load_plan_state(state, info)
         if run.main:
             print(f"task {k + 1} {info.name}: planning phase loaded from {folder}", file=_stderr())
         return {**summary, "loaded": True}
     set_seed(run.cfg.training.seed * 1000 + k + PLAN_SEED_OFFSET)
     planner = Planner(run, info)
+    start = time.perf_counter()
     method.plan(info, planner)
-    summary = {"train": planner._trained, "log": planner.log}
-    if run.main:
-        state = {n: t.detach().cpu().contiguous() for n, t in method.plan_state().items()}
-        with writing(folder, "planning phase"):
-            tmp = make_temp_dir(folder.parent, folder.name)  # .<name>.tmp-<random>: a killed write is cleaned up
-            save_file(state, str(tmp / PLAN_STATE_FILE))
-            (tmp / PLAN_FILE).write_text(json.dumps(summary, indent=1, default=_json_default) + "\n")
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.replace(folder)
-    run.acc.wait_for_everyone()
+    # wall time of the planning phase (probe training, passes, feature pass...): a resumed run keeps the saved one
+    summary = {"train": planner._trained, "log": planner.log, "seconds": time.perf_counter() - start}
+    _save(run, folder, summary, method.plan_state() if run.main else {}, "planning phase")
     return {**summary, "loaded": False}
 
 

@@ -1,4 +1,4 @@
-"""``dymoe reproduce main-table|ablation``: every row of a DyMoE paper table, over several seeds.
+"""``dymoe reproduce main-table|ablation|task-router|cmoe-main-table``: every row of a paper table, over seeds.
 
 A plan (``configs/reproduce/main-table.yaml`` for the main table, ``configs/reproduce/ablation.yaml`` for the
 component ablation) names a base run config per benchmark, the methods as config
@@ -8,6 +8,11 @@ below) and a radar chart of mean final accuracy are written to ``OUT`` as ``<tab
 ``<table>_radar.png`` and ``<table>.json`` (``main_table_paper.md``, ``ablation.md`` ...). Rows with the same
 label and overrides in two plans are the same runs: reproducing the ablation into the main table's folder reuses its
 IncMoELoRA and LLaVA-DyMoE runs.
+
+A plan's ``layout`` is ``final`` (the DyMoE tables: final accuracy per task, MFN / MAA / BWT) or ``immediate-last``
+(LLaVA-CMoE's Table 1, ``configs/reproduce/cmoe-main-table.yaml``: an Immediate and a Last row per method, Mean and
+CMoE's BWT; :func:`immediate_last_table`). A row may name its own configs per benchmark (``config: {benchmark:
+[base, layer, ...]}``: the first file replaces the plan's base, later ones are layered over it).
 
 The main table has two **budgets** (``--budget``): ``paper``, every baseline at its own paper's settings (CoIN's
 LoRA r128/α256 and MoELoRA 8 × r16 with the projector trained at 2e-5, Prism's EWC and O-LoRA; see the plan), and
@@ -32,7 +37,8 @@ from dymoe.io import atomic_write_json, atomic_write_text, read_yaml_mapping
 PLAN_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
 #: the tables ``dymoe reproduce`` knows, and their plans
 TABLES = {"main-table": PLAN_DIR / "main-table.yaml", "ablation": PLAN_DIR / "ablation.yaml",
-          "task-router": PLAN_DIR / "task-router.yaml"}
+          "task-router": PLAN_DIR / "task-router.yaml", "cmoe-main-table": PLAN_DIR / "cmoe-main-table.yaml"}
+LAYOUTS = ("final", "immediate-last")
 DEFAULT_PLAN = TABLES["main-table"]
 
 
@@ -40,23 +46,28 @@ DEFAULT_PLAN = TABLES["main-table"]
 class Plan:
     """A reproduction plan: ``base[benchmark]`` config path, ``methods`` [(label, overrides)], ``paper`` rows, and
     optional budgets: ``budgets[budget][benchmark][label]`` = extra overrides of that row under that budget, and
-    ``default_budget[benchmark]`` (a plan without budgets runs every row as given)."""
+    ``default_budget[benchmark]`` (a plan without budgets runs every row as given); ``layout`` (:data:`LAYOUTS`);
+    ``configs[label][benchmark]``: a row's own config files (base first, then layers)."""
 
     base: dict[str, Path]
     methods: list[tuple[str, list[str]]]
-    paper: dict[str, dict[str, float]]
+    paper: dict[str, dict]
     budgets: dict[str, dict[str, dict[str, list[str]]]] = field(default_factory=dict)
     default_budget: dict[str, str] = field(default_factory=dict)
+    layout: str = "final"
+    configs: dict[str, dict[str, list[Path]]] = field(default_factory=dict)
 
 
 @dataclass
 class Row:
     """One row of a resolved plan: its ``label``, the config overrides and the run folder under the output
-    (``<label>``, or ``<label>/<budget>`` when the budget changes the row)."""
+    (``<label>``, or ``<label>/<budget>`` when the budget changes the row); ``base``: the row's own base config
+    (None: the plan's)."""
 
     label: str
     overrides: list[str]
     folder: str
+    base: Path | None = None
 
 
 def _budgets(path: Path, raw: dict, labels: list[str], benchmarks: list[str]) -> tuple[dict, dict]:
@@ -87,14 +98,25 @@ def load_plan(path: str | Path = DEFAULT_PLAN) -> Plan:
     raw = read_yaml_mapping(path, "plan")
     if not isinstance(raw.get("methods"), list) or not isinstance(raw.get("base"), dict):
         raise ConfigError(f"{path}: expected keys 'base' (mapping) and 'methods' (list)")
-    methods = []
+    methods, configs = [], {}
+    base = {k: (path.parent / v).resolve() for k, v in raw["base"].items()}
     for i, m in enumerate(raw["methods"]):
         if not isinstance(m, dict) or "label" not in m:
             raise ConfigError(f"{path}: methods[{i}] needs a 'label' and a 'set' list")
         methods.append((str(m["label"]), [str(s) for s in m.get("set", [])]))
-    base = {k: (path.parent / v).resolve() for k, v in raw["base"].items()}
+        own = m.get("config") or {}
+        if not isinstance(own, dict) or set(own) - set(base) or not all(
+                isinstance(v, list) and v and all(isinstance(f, str) for f in v) for v in own.values()):
+            raise ConfigError(f"{path}: methods[{i}].config must map benchmarks among {sorted(base)} to a non-empty "
+                              "list of config files (base first, then layers)")
+        if own:
+            configs[str(m["label"])] = {k: [(path.parent / f).resolve() for f in v] for k, v in own.items()}
     budgets, default = _budgets(path, raw, [m[0] for m in methods], list(base))
-    return Plan(base=base, methods=methods, paper=raw.get("paper") or {}, budgets=budgets, default_budget=default)
+    layout = str(raw.get("layout", "final"))
+    if layout not in LAYOUTS:
+        raise ConfigError(f"{path}: layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    return Plan(base=base, methods=methods, paper=raw.get("paper") or {}, budgets=budgets, default_budget=default,
+                layout=layout, configs=configs)
 
 
 def resolve_budget(plan: Plan, benchmark: str, budget: str | None) -> str | None:
@@ -111,12 +133,16 @@ def resolve_budget(plan: Plan, benchmark: str, budget: str | None) -> str | None
 
 def plan_rows(plan: Plan, benchmark: str, budget: str | None) -> list[Row]:
     """Every row of the plan with its overrides under ``budget`` (None: as written)."""
+    from dymoe.demo.plan import layer_overrides
+
     extra = plan.budgets.get(budget, {}).get(benchmark, {}) if budget else {}
     rows = []
     for label, sets in plan.methods:
         more = extra.get(label, [])
         folder = run_dir_name(label) + (f"/{run_dir_name(budget)}" if more else "")
-        rows.append(Row(label, [*sets, *more], folder))
+        files = plan.configs.get(label, {}).get(benchmark)
+        layers = layer_overrides(files[1:]) if files else []
+        rows.append(Row(label, [*layers, *sets, *more], folder, files[0] if files else None))
     return rows
 
 
@@ -135,6 +161,80 @@ def paper_rows(plan: Plan, labels: list[str], tasks: list[str]) -> dict[str, dic
         keep = set(tasks) | ({"MFN", "MAA", "BWT", "MFT"} if set(paper_tasks) <= set(tasks) else set())
         rows[label] = {k: v for k, v in row.items() if k in keep}
     return rows
+
+
+def immediate_last_table(run_dirs: list[Path], paper: dict | None = None) -> tuple[str, str]:
+    """LLaVA-CMoE's Table 1 layout over finished runs, grouped by label (mean ± sample std over seeds); returns
+    ``(markdown, csv)``.
+
+    Per label: **Immediate** (``a_{i,i}`` per task; from the ``oracle`` evaluation variant when the run has one, as
+    CMoE reports it, cmoe.md A8) with its Mean, then for a run with that variant **Immediate (PTL)** (the main
+    evaluation's diagonal), then **Last** (the final row of the main matrix) with its Mean and CMoE's BWT (mean over
+    all N tasks of Last − Immediate; :func:`dymoe.eval.metrics.cmoe_summary`). ``paper[label]`` =
+    ``{"Immediate": {...}, "Last": {...}}`` rows are printed under the measured ones, restricted to the tasks run;
+    their Mean / BWT only when every paper task was run.
+    """
+    import statistics
+
+    from dymoe.eval.metrics import cmoe_summary
+
+    groups: dict[str, list[dict]] = {}
+    tasks: list[str] | None = None
+    for d in run_dirs:
+        d = Path(d)
+        stored = json.loads((d / "matrix.json").read_text())
+        label = json.loads((d / "metrics.json").read_text()).get("label") or d.parent.name
+        if tasks is None:
+            tasks = stored["tasks"]
+        elif stored["tasks"] != tasks:
+            raise ConfigError(f"{d}: its tasks {stored['tasks']} differ from the other runs' {tasks}")
+        main = stored["accuracy"]
+        oracle = d / "variants" / "oracle" / "matrix.json"
+        om = json.loads(oracle.read_text())["accuracy"] if oracle.is_file() else None
+        summary = cmoe_summary(main, immediate=[om[i][i] for i in range(len(om))] if om else None)
+        entry = {"Immediate": summary, "Last": summary}  # BWT: Last against that Immediate
+        if om:
+            entry["Immediate (PTL)"] = cmoe_summary(main)
+        groups.setdefault(label, []).append(entry)
+    tasks = tasks or []
+
+    def cell(vals: list[float]) -> str:
+        if not vals:
+            return ""
+        if len(vals) == 1:
+            return f"{vals[0]:.2f}"
+        return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+    cols = [*tasks, "Mean", "BWT"]
+    md = ["| Stage | Method | n | " + " | ".join(cols) + " |", "|---|---|---:|" + "---:|" * len(cols)]
+    csv_rows = [["stage", "method", "source", "n", *cols]]
+    for stage in ("Immediate", "Immediate (PTL)", "Last"):
+        for label, runs in groups.items():
+            have = [r[stage] for r in runs if stage in r]
+            if not have or (stage == "Immediate (PTL)" and len(have) < len(runs)):
+                continue
+            key = "last" if stage == "Last" else "immediate"
+            per_task = [cell([r[key][i] for r in have]) for i in range(len(tasks))]
+            mean = cell([r["mean_last" if stage == "Last" else "mean_immediate"] for r in have])
+            bwt = cell([r["BWT"] for r in have]) if stage == "Last" else ""
+            values = [*per_task, mean, bwt]
+            md.append(f"| {stage} | {label} | {len(have)} | " + " | ".join(values) + " |")
+            csv_rows.append([stage, label, "measured", str(len(have)), *values])
+        for label in groups:
+            row = ((paper or {}).get(label) or {}).get(stage)  # the paper has Immediate and Last rows
+            if not row:
+                continue
+            paper_tasks = [k for k in row if k not in ("Mean", "BWT")]
+            full = set(paper_tasks) <= set(tasks)
+            values = [f"{row[t]:.2f}" if t in row else "" for t in tasks]
+            values += [f"{row[k]:.2f}" if full and k in row else "" for k in ("Mean", "BWT")]
+            md.append(f"| {stage} | {label} (paper) |  | " + " | ".join(values) + " |")
+            csv_rows.append([stage, f"{label} (paper)", "paper", "", *values])
+    csv_text = "\n".join(",".join(f'"{v}"' if "," in v else v for v in r) for r in csv_rows) + "\n"
+    note = ("Immediate: accuracy on each task right after training it (from the oracle-router variant where the "
+            "method has one, as LLaVA-CMoE reports it; Immediate (PTL): the same cells routed by its task locator). "
+            "Last: after the last task. BWT: mean over all tasks of Last − Immediate (LLaVA-CMoE's definition).\n\n")
+    return note + "\n".join(md) + "\n", csv_text
 
 
 def run_dir_name(label: str) -> str:
@@ -217,7 +317,7 @@ def reproduce(
             extra = [*row.overrides, f"training.seed={seed}", f"label={row.label}", *(overrides or [])]
             if backbone:
                 extra.append(f"backbone.path={backbone}")
-            cfg = load_config(plan.base[benchmark], extra)
+            cfg = load_config(row.base or plan.base[benchmark], extra)
             out = output / row.folder / f"seed{seed}"
             print(f"== {row.label}{f' ({budget} budget)' if budget else ''}, seed {seed} → {out}", file=sys.stderr)
             t = time.perf_counter()
@@ -225,10 +325,13 @@ def reproduce(
             wall[f"{row.folder}/seed{seed}"] = round(time.perf_counter() - t, 1)
             run_dirs.append(out)
     tasks = json.loads((run_dirs[0] / "matrix.json").read_text())["tasks"]
-    reference = paper_rows(plan, [r.label for r in chosen], tasks)
-    # methods of one table differ in their adapter layout (and, under the paper budget, in their recipe) by design:
-    # the table keeps them side by side and prints the differing protocol fields under it
-    markdown, csv_text = compare_runs(run_dirs, reference=reference, params=True, allow_mixed=True)
+    if plan.layout == "immediate-last":
+        markdown, csv_text = immediate_last_table(run_dirs, plan.paper)
+    else:
+        reference = paper_rows(plan, [r.label for r in chosen], tasks)
+        # methods of one table differ in their adapter layout (and, under the paper budget, in their recipe) by
+        # design: the table keeps them side by side and prints the differing protocol fields under it
+        markdown, csv_text = compare_runs(run_dirs, reference=reference, params=True, allow_mixed=True)
     router = task_router_table(run_dirs)
     if router:
         markdown = f"{markdown}\n{router}"

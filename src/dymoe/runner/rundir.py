@@ -12,6 +12,7 @@ RUN/
   predictions/<task>/<set>/after_<k>.jsonl  the same per evaluation set (tasks with several)
   scores/after_<k>.json                every set's numbers, variant cells, locator report of row k
   checkpoints/task_<k>_<name>.plan/    the method's planning phase for task k
+  checkpoints/initial.plan/            the method's initial phase before task 1 (CMoE's initial experts)
   variants/<name>/                     an evaluation variant's matrix.json and predictions/
   logs/                                TensorBoard
 ```

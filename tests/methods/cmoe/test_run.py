@@ -75,6 +75,10 @@ def test_planning_phase_and_growth(finished):
     assert grown == n_new
     method = load_file(str(finished / "checkpoints" / "task_2_ImageNet" / "method_state.safetensors"))
     assert method["grown"].tolist() == [[4, 4], n_new]
+    # the A1 fallback is recorded in the run's metadata; no initial phase ran
+    assert structure["metadata"]["method"]["initial_experts_trained_on"] == "task 1 (small-scale fallback, cmoe.md A1)"
+    assert not (finished / "checkpoints" / "initial.plan").exists()
+    assert p1["seconds"] > 0 and p2["seconds"] > 0  # the planning phases' wall times
 
 
 def test_old_experts_routers_and_vaes_are_bit_identical_after_a_later_task(finished):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -76,6 +77,7 @@ class PlannerMethod(IncMoELoRA):
 
     # ------------------------------------------------------------------ planning phase
     def plan(self, task: TaskInfo, planner) -> None:
+        start = time.perf_counter()
         probe = self.owned_modules["probe"]
         probe.requires_grad_(True)
         try:
@@ -88,6 +90,8 @@ class PlannerMethod(IncMoELoRA):
         rows = self.prototypes if self.prototypes is not None else proto.new_zeros(0, proto.shape[0])
         self.prototypes = torch.cat([rows[: task.index], proto[None]])
         planner.log["features"] = list(feats.shape)
+        planner.log["epochs"] = task.epochs  # what the runner tells the planning phase
+        planner.log["body_seconds"] = time.perf_counter() - start  # the runner's wall time must enclose this
         self._maybe_kill(task)
 
     def plan_state(self) -> dict[str, torch.Tensor]:

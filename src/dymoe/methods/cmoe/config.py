@@ -15,7 +15,8 @@ TARGETS = {
 }
 LOCATORS = ("ptl", "oracle", "last_router", "random_router")
 VARIANTS = ("oracle", "last_router", "random_router")
-INITIAL_DATA = ("first_task",)
+#: method.initial_data's fallback (A1): the initial experts trained on task 1
+FIRST_TASK = "first_task"
 PRIMITIVE_SUBSETS = ("last", "random")
 
 
@@ -29,8 +30,14 @@ class CMoEOptions:
         top_k: experts per token (A3): 2 [P].
         initial_experts: experts per layer before PGKE starts: 8.
         initial_data: where the initial experts are trained (A1). ``first_task``: the small-scale fallback, they
-            are trained on task 1 and PGKE starts at task 2 (recorded in the run's metadata); a separate initial
-            data set needs a runner phase that does not exist yet.
+            are trained on task 1 and PGKE starts at task 2 (recorded in the run's metadata). Otherwise a training
+            file (LLaVA conversation rows, JSON list or JSONL; relative to the benchmark's data root) trained in an
+            initial phase of its own before task 1 (``checkpoints/initial.plan``); PGKE then starts at task 1, and
+            the initial experts have router 0 and task ``k``'s router is ``k + 1`` (cmoe.md §3's R_0).
+        initial_image_root: the folder the initial file's images are relative to (relative to the data root);
+            None: the file's folder.
+        initial_epochs, initial_lr: the initial phase's epochs and learning rate; None: ``training.epochs`` /
+            ``training.lr`` (its schedule and warmup are ``training``'s).
         probes: P probe experts per layer (A3): 1.
         probe_fraction: share of each task's training data used by PGKE: 0.1; split into probe-train / probe-eval.
         probe_eval_fraction: share of that subset used as probe-eval: 0.1 [P]; probe_eval_max: its cap, 10k [P].
@@ -44,7 +51,8 @@ class CMoEOptions:
         aux_weight: Switch load balancing κ: 1e-3 (over every routing layer, averaged).
         vae_hidden, vae_latent, vae_eps, vae_n_rep: the VAE (A7): 512, 64, 1e-4, 8.
         vae_kl_weight, vae_rec_weight: λ, η: 1e-3 each.
-        vae_lr: the VAE's AdamW learning rate: 2e-4 (the paper's); vae_epochs: None = the task's epochs;
+        vae_lr: the VAE's AdamW learning rate: 2e-4 (the paper's); vae_epochs: None = the task's epochs
+            (``TaskInfo.epochs``: the benchmark's per-task epochs, else ``training.epochs``);
             vae_batch_size: None = training.batch_size.
         primitive_samples: T: 1000 (min with the task's size); primitive_subset: ``last`` (the last T samples of
             the final epoch) or ``random``.
@@ -58,6 +66,9 @@ class CMoEOptions:
     top_k: int = 2
     initial_experts: int = 8
     initial_data: str = "first_task"
+    initial_image_root: str | None = None
+    initial_epochs: float | None = None
+    initial_lr: float | None = None
     probes: int = 1
     probe_fraction: float = 0.1
     probe_eval_fraction: float = 0.1
@@ -87,7 +98,12 @@ class CMoEOptions:
     locator_seed: int = 0
 
     def __post_init__(self):
-        choices = {"targets": list(TARGETS), "initial_data": INITIAL_DATA, "act_statistic": ACT_STATISTICS,
+        if not isinstance(self.initial_data, str) or not self.initial_data:
+            raise ConfigError(f"method.initial_data must be 'first_task' or a training file, got {self.initial_data!r}")
+        for key in ("initial_epochs", "initial_lr"):
+            if getattr(self, key) is not None and not float(getattr(self, key)) > 0:
+                raise ConfigError(f"method.{key} must be > 0 or null, got {getattr(self, key)}")
+        choices = {"targets": list(TARGETS), "act_statistic": ACT_STATISTICS,
                    "threshold_scope": THRESHOLD_SCOPES, "copy_source": COPY_SOURCES,
                    "primitive_subset": PRIMITIVE_SUBSETS, "locator": LOCATORS}
         for key, allowed in choices.items():

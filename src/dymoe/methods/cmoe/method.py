@@ -14,6 +14,10 @@ Per task ``k`` (0-based; §11):
 2. :meth:`CMoE.before_task`: the initial experts on task 1 (A1 fallback), else ``N_s^l`` (or M) copies of the
    source expert in each selected layer; router ``k`` opened in every layer (``G_k = [G_{k-1}; random]``, all rows
    trainable; frozen at once in layers that do not grow unless ``train_static_routers``).
+
+With ``initial_data`` a training file, the initial experts and router R_0 are trained before task 1 in the runner's
+**initial phase** (:meth:`CMoE.initial_phase`), PGKE runs from task 1 on, and task ``k``'s group and router have id
+``k + 1`` (:attr:`CMoE.offset`; the locator's task ``i`` routes with router ``i + 1``).
 3. training: CE + κ·Switch load balancing; 4. :meth:`CMoE.after_task`: fold (experts and router ``k`` frozen).
 
 Evaluation (§5.3, §7): per sample, PTL's z-scored argmax over the VAEs picks ``router_{i*}`` once for the whole
@@ -33,7 +37,7 @@ from dymoe.errors import ConfigError, DymoeError
 from dymoe.layers.context import RoutingEvent
 from dymoe.layers.moe_lora import MoELoRALinear
 from dymoe.methods.base import BatchInfo, Method, StepInfo, TaskInfo
-from dymoe.methods.cmoe.config import TARGETS, CMoEOptions
+from dymoe.methods.cmoe.config import FIRST_TASK, TARGETS, CMoEOptions
 from dymoe.methods.cmoe.functional import activation_sums, probe_split, select_expansion, zscore_argmax
 from dymoe.methods.cmoe.vae import TaskVAE, train_vae
 from dymoe.methods.dymoe.functional import load_balance_loss
@@ -80,6 +84,9 @@ class CMoE(Method):
         self.evaluation_variants = tuple(opts.variants)
         self.immediate_variant = "oracle" if "oracle" in opts.variants else None
         self.locator_name = opts.locator if opts.locator != "ptl" else "ptl"
+        #: id of task k's group and router minus k: 0 (fallback: task 1 trains the initial experts, group 0), or
+        #: 1 (an initial phase owns group / router 0)
+        self.offset = 0 if opts.initial_data == FIRST_TASK else 1
         self.primitives = torch.zeros(0, 2, dtype=torch.float64)  # [tasks, (m_i, s_i)]
         self.grown: list[list[int]] = []  # per task: experts added per routing layer
         self.plan_out: dict[str, torch.Tensor] = {}
@@ -133,9 +140,54 @@ class CMoE(Method):
         return self.owned_modules[name]
 
     # ------------------------------------------------------------------ planning phase
+    # ------------------------------------------------------------------ initial phase (A1)
+    def initial_data(self) -> dict | None:
+        o = self.options
+        if o.initial_data == FIRST_TASK:
+            return None
+        root = o.initial_image_root
+        if root is None:
+            from pathlib import Path
+
+            root = str(Path(o.initial_data).parent)
+        return {"train": o.initial_data, "image_root": root}
+
+    def _routers(self) -> list[str]:
+        return [lead for lead, _ in self.blocks]
+
+    def _open_initial(self) -> None:
+        self.adapter.add_group(0, num_experts=self.options.initial_experts)
+        self.adapter.open_router(0, modules=self._routers())
+
+    def initial_phase(self, task: TaskInfo, planner) -> None:
+        """The initial experts (8 per layer) and router R_0 trained on the initial data set (CE + κ·aux, the run's
+        schedule), then frozen (cmoe.md A1)."""
+        o, cfg = self.options, planner.run.cfg.training
+        self._open_initial()
+        planner.train(lr=o.initial_lr or cfg.lr, params=self.adapter.trainable_parameters(),
+                      epochs=o.initial_epochs or cfg.epochs, seed=0, schedule=cfg.schedule,
+                      warmup_ratio=cfg.warmup_ratio)
+        self.adapter.fold()
+        planner.log["initial_experts"] = o.initial_experts
+
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        return {n: t for n, t in self.adapter.named_tensors()}
+
+    def load_initial_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._open_initial()
+        self.adapter.fold()
+        mine = dict(self.adapter.named_tensors())
+        if set(mine) != set(state) or any(mine[n].shape != state[n].shape for n in mine):
+            raise DymoeError("cmoe: the saved initial phase does not match this adapter (method.initial_experts or "
+                             "the adapter changed?); delete checkpoints/initial.plan to train it again")
+        with torch.no_grad():
+            for n, t in mine.items():
+                t.copy_(state[n])
+
+    # ------------------------------------------------------------------ planning phase
     def plan(self, task: TaskInfo, planner) -> None:
         self.plan_out = {}
-        if task.index >= 1:
+        if task.index + self.offset >= 1:  # old experts exist: PGKE
             self.plan_out.update(self._pgke(task, planner))
         self._train_locator(task, planner)
 
@@ -147,7 +199,7 @@ class CMoE(Method):
         snap = adapter.snapshot()
         names = [n for _, members in self.blocks for n in members]
         adapter.add_group(PROBE_GROUP, num_experts=o.probes, modules=names, init="mean")  # mean of the old group
-        adapter.open_router(task.index)  # router_{k-1}'s rows copied, random rows for the probes, all trainable
+        adapter.open_router(task.index + self.offset)  # the previous router's rows, random probe rows: trainable
         try:
             planner.train(lr=o.probe_lr, params=adapter.trainable_parameters(), epochs=o.probe_epochs,
                           indices=train_idx, seed=task.index)
@@ -210,7 +262,8 @@ class CMoE(Method):
         feats = feats.to(device)
         vae.requires_grad_(True)
         try:
-            epochs = o.vae_epochs if o.vae_epochs is not None else float(getattr(planner.run.cfg.training, "epochs", 1))
+            # None: the task's own epochs (per-task epochs of the benchmark, else training.epochs)
+            epochs = o.vae_epochs if o.vae_epochs is not None else float(task.epochs or 1.0)
             bs = o.vae_batch_size or int(planner.run.cfg.training.batch_size)
             losses, last_order = train_vae(vae, feats, epochs=epochs, batch_size=bs, lr=o.vae_lr, n_rep=o.vae_n_rep,
                                            kl_weight=o.vae_kl_weight, rec_weight=o.vae_rec_weight,
@@ -243,10 +296,10 @@ class CMoE(Method):
     # ------------------------------------------------------------------ growth
     def before_task(self, task: TaskInfo) -> None:
         adapter, o = self.adapter, self.options
-        routers = [lead for lead, _ in self.blocks]
-        if task.index == 0:
-            adapter.add_group(0, num_experts=o.initial_experts)  # the initial experts, trained on task 1 (A1)
-            adapter.open_router(0, modules=routers)
+        routers = self._routers()
+        rid = task.index + self.offset  # the task's group and router id
+        if rid == 0:
+            self._open_initial()  # the initial experts, trained on task 1 (A1 fallback)
             self.grown = [[o.initial_experts] * len(self.blocks)]
             return
         if "pgke.n_new" not in self.plan_out:
@@ -265,12 +318,12 @@ class CMoE(Method):
                     sources[m] = {"A": self.plan_out[f"copy.{m}.A"], "B": self.plan_out[f"copy.{m}.B"]}
                 else:
                     sources[m] = layer.expert_ids[source[b]]
-            adapter.add_group(task.index, num_experts=n_new[b], modules=members, init="copy", sources=sources)
+            adapter.add_group(rid, num_experts=n_new[b], modules=members, init="copy", sources=sources)
         static = [r for r in routers if r not in grown_layers]
         if grown_layers:
-            adapter.open_router(task.index, modules=grown_layers)
+            adapter.open_router(rid, modules=grown_layers)
         if static:
-            adapter.open_router(task.index, modules=static, trainable=o.train_static_routers)
+            adapter.open_router(rid, modules=static, trainable=o.train_static_routers)
         self.grown = self.grown[: task.index] + [n_new]
         if not adapter.trainable_parameters():
             raise DymoeError(f"cmoe: PGKE grew no layer for task {task.name!r} and method.train_static_routers is "
@@ -300,7 +353,7 @@ class CMoE(Method):
             chosen = self.locate(batch)
         if n_trained == 0:
             return None
-        return {"router_ids": chosen.to(batch["input_ids"].device), "predicted_task": chosen}
+        return {"router_ids": (chosen + self.offset).to(batch["input_ids"].device), "predicted_task": chosen}
 
     @torch.no_grad()
     def locate(self, batch: dict) -> torch.Tensor:
@@ -368,5 +421,7 @@ class CMoE(Method):
 
     def describe(self) -> dict:
         out = super().describe()
-        out["initial_experts_trained_on"] = "task 1 (small-scale fallback, cmoe.md A1)"
+        o = self.options
+        out["initial_experts_trained_on"] = ("task 1 (small-scale fallback, cmoe.md A1)" if self.offset == 0 else
+                                             f"initial data {o.initial_data} (an initial phase before task 1)")
         return out
