@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -110,7 +111,16 @@ def test_topk_loss_by_hand():
     assert float(topk_loss(s, a, w, 1.0)) == 0.0
 
 
-def test_dsal_identifies_the_domain_a_module_was_trained_on():
+@pytest.fixture()
+def one_thread():
+    """Many tiny ops: one thread (two threads on a shared, loaded CPU are several times slower here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_dsal_identifies_the_domain_a_module_was_trained_on(one_thread):
     """Two modules (virtual expert + projector), each trained with DSAL alone on its own synthetic domain (different
     token statistics), then Eq. 4 on held-out sequences: the argmin is the sequence's domain."""
     torch.manual_seed(0)
