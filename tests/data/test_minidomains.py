@@ -62,8 +62,9 @@ def test_the_real_loader_reads_it(small):
     assert [t.name for t in bench.tasks] == list(DOMAINS)
     n_train, n_test = SCALES["small"]
     counts = json.loads((small / "MANIFEST.json").read_text())["counts"]
-    assert counts["Medicine"] == {"med_vqa_train": n_train, "med_caption_train": n_train, "med_vqa_test": n_test}
-    assert counts["Chart"]["chart2table_test"] == n_test and counts["Math"]["math_train"] == n_train
+    assert counts["Medicine"] == {"med_vqa_train": 2 * n_train, "med_caption_train": n_train,
+                                  "med_vqa_test": 2 * n_test}
+    assert counts["Chart"]["chart2table_test"] == n_test and counts["Math"]["math_train"] == 2 * n_train
     sets = {t.name: [(e.name, e.scorer) for e in t.eval_sets] for t in bench.tasks}
     assert sets == {"Medicine": [("ScanVQA", "medvqa")],
                     "Chart": [("ChartQA", "chartqa-relaxed"), ("Chart-to-Table", "chart-table-rms"),

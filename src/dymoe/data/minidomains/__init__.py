@@ -11,7 +11,8 @@ default     200                40                longer runs
 large       1000               150               closer-to-real runs
 ==========  =================  ================  ================================
 
-Rows per picture: Medicine 2 (a question, a description), Chart 3 (QA, table, summary), Math 1.
+Rows per picture: Medicine 3 (a closed and an open question, a description), Chart 3 (QA, table, summary),
+Math 2 (two questions).
 
 >>> from dymoe.data.minidomains import generate, verify
 >>> yaml_path = generate("data/mini-domains", scale="small", seed=0)

@@ -6,14 +6,14 @@ fields the real benchmark's scorer reads. The pictures are 64×64 and stay reada
 
 - **Medicine**: grey "scans" (CT: a round body on black; X-ray: a chest with ribs on dark grey; MRI: a brain-like
   disc with a ring) of an organ (chest, brain, abdomen), with or without a bright lesion on the left or right.
-  Closed (yes/no) and open (modality, organ, side) questions, scored like VQA-RAD / SLAKE (``medvqa``: closed
+  One closed (yes/no) and one open (modality, organ, side) question per picture, scored like VQA-RAD / SLAKE (``medvqa``: closed
   accuracy and open recall); a description file plays LLaVA-Med's instruct conversations (training only).
 - **Chart**: bar, line or pie charts of 3–4 colour categories with integer values 1–9 on a faint unit grid.
   QA (a value, the largest / smallest category, a difference: ``chartqa-relaxed``), chart-to-table (the DePlot
   linearisation ``category | value`` rows: ``chart-table-rms``) and chart-to-text (a templated summary: ``bleu4``).
 - **Math**: counting / arithmetic over groups of coloured shapes (MWP-like) and rectangles or right triangles on
   a unit grid with area / perimeter questions (GPS-like), numeric answers (``math``, pooled accuracy, per-dataset
-  numbers from the ``dataset`` field).
+  numbers from the ``dataset`` field), two questions per figure.
 """
 
 from __future__ import annotations
@@ -111,11 +111,12 @@ def make_medicine(rng: np.random.Generator) -> Item:
     ]
     if lesion:
         opened.append(Row(f"Where is the abnormality located?\n{SHORT}", f"{lesion} {organ}"))
-    q = _pick(rng, closed + opened)
-    q.reference = {"answer": q.answer, "answer_type": "CLOSED" if q in closed else "OPEN"}
+    qc, qo = _pick(rng, closed), _pick(rng, opened)  # one closed and one open question per picture
+    qc.reference = {"answer": qc.answer, "answer_type": "CLOSED"}
+    qo.reference = {"answer": qo.answer, "answer_type": "OPEN"}
     finding = f"a lesion on the {lesion} side" if lesion else "no abnormality"
     caption = Row("Describe the findings of this image.", f"{modality} of the {organ} showing {finding}.")
-    return Item(image, {"vqa": [q], "caption": [caption]})
+    return Item(image, {"vqa": [qc, qo], "caption": [caption]})
 
 
 # --------------------------------------------------------------------------------------------------------- chart
@@ -198,6 +199,37 @@ def _shapes(d: ImageDraw.ImageDraw, rng: np.random.Generator, counts: list[tuple
             (d.ellipse if shape == "circle" else d.rectangle)(box, fill=CATEGORY_COLOURS[colour])
 
 
+def _math_question(rng: np.random.Generator, fig: dict) -> Row:
+    """One question on a figure (``fig`` from :func:`make_math`): counting / arithmetic or area / perimeter."""
+    if fig["kind"] == "groups":
+        (c1, n1), (c2, n2) = fig["groups"]
+        kind = _pick(rng, ("total", "more", "count"))
+        if kind == "total":
+            q, ans = "How many objects are there in total?", n1 + n2
+        elif kind == "more":
+            big, small = (c1, c2) if n1 >= n2 else (c2, c1)
+            q, ans = f"How many more {big} objects than {small} objects are there?", abs(n1 - n2)
+        else:
+            c, n = fig["groups"][int(rng.integers(2))]
+            q, ans = f"How many {c} objects are there?", n
+        dataset = "counting" if kind == "count" else "arithmetic"
+    else:
+        w, h = fig["size"]
+        if fig["kind"] == "rectangle":
+            kind = _pick(rng, ("area", "perimeter"))
+            q = f"What is the {kind} of the rectangle in grid units?"
+            ans = w * h if kind == "area" else 2 * (w + h)
+        else:
+            kind = _pick(rng, ("area", "legs"))
+            if kind == "area":
+                q, ans = "What is the area of the right triangle in grid units?", w * h / 2
+            else:
+                q, ans = "What is the sum of the two legs of the right triangle in grid units?", w + h
+        dataset = "geometry"
+    answer = f"{ans:g}"
+    return Row(f"{q}\n{NUMBER}", answer, {"answer": answer, "dataset": dataset})
+
+
 def make_math(rng: np.random.Generator) -> Item:
     img = Image.new("RGB", (SIZE, SIZE), (245, 245, 240))
     d = ImageDraw.Draw(img)
@@ -206,15 +238,7 @@ def make_math(rng: np.random.Generator) -> Item:
         s1, s2 = _pick(rng, SHAPE_NAMES), _pick(rng, SHAPE_NAMES)
         n1, n2 = int(rng.integers(1, 8)), int(rng.integers(1, 8))
         _shapes(d, rng, [(c1, s1, n1), (c2, s2, n2)])
-        kind = _pick(rng, ("total", "more", "count"))
-        if kind == "total":
-            q, ans = "How many objects are there in total?", n1 + n2
-        elif kind == "more":
-            big, small = (c1, c2) if n1 >= n2 else (c2, c1)
-            q, ans = f"How many more {big} objects than {small} objects are there?", abs(n1 - n2)
-        else:
-            q, ans = f"How many {c1} objects are there?", n1
-        dataset = "counting" if kind == "count" else "arithmetic"
+        fig = {"kind": "groups", "groups": [(c1, n1), (c2, n2)]}
     else:  # GPS-like: a figure on a unit grid
         unit = 6
         for v in range(0, 10):
@@ -225,16 +249,15 @@ def make_math(rng: np.random.Generator) -> Item:
         box = (4 + x0 * unit, 4 + y0 * unit, 4 + (x0 + w) * unit, 4 + (y0 + h) * unit)
         if rng.random() < 0.5:
             d.rectangle(box, outline=(30, 70, 220), width=2)
-            kind = _pick(rng, ("area", "perimeter"))
-            q = f"What is the {kind} of the rectangle in grid units?"
-            ans = w * h if kind == "area" else 2 * (w + h)
+            fig = {"kind": "rectangle", "size": (w, h)}
         else:
             d.polygon([(box[0], box[3]), (box[2], box[3]), (box[0], box[1])], outline=(200, 40, 40), width=2)
-            q, ans = "What is the area of the right triangle in grid units?", w * h / 2
-        dataset = "geometry"
-    answer = f"{ans:g}"
-    row = Row(f"{q}\n{NUMBER}", answer, {"answer": answer, "dataset": dataset})
-    return Item(img, {"math": [row]})
+            fig = {"kind": "triangle", "size": (w, h)}
+    first = _math_question(rng, fig)
+    second = _math_question(rng, fig)
+    while second.prompt == first.prompt:  # two different questions per figure
+        second = _math_question(rng, fig)
+    return Item(img, {"math": [first, second]})
 
 
 MAKERS = {"Medicine": make_medicine, "Chart": make_chart, "Math": make_math}

@@ -29,7 +29,7 @@ from dymoe.data.minicoin.writer import _all_files, _dump_json, _prepare_out_dir,
 from dymoe.data.minidomains.domains import MAKERS
 from dymoe.errors import DymoeError
 
-GENERATOR_VERSION = "1"  # bump whenever generated content changes: caches key on it
+GENERATOR_VERSION = "2"  # 2: two questions per medical picture and math figure  # bump whenever generated content changes: caches key on it
 #: scale -> (training pictures, test pictures) per domain
 SCALES: dict[str, tuple[int, int]] = {"small": (64, 16), "default": (200, 40), "large": (1000, 150)}
 DOMAINS = ("Medicine", "Chart", "Math")
