@@ -56,7 +56,7 @@ def test_modules_per_domain_and_frozen_ones_unchanged(finished):
     key = next(k for k in first if k.endswith("layers.0.mlp.frozen_w_gate"))
     assert first[key].shape[0] == 4 * 8 and last[key].shape[0] == 3 * 4 * 8  # 4 experts of width 8 per domain
     assert (last[key][:32] == first[key]).all()  # Medicine's experts untouched by Chart and Math
-    method = load_file(str(next(ck.glob("task_3_*")) / "method.safetensors"))
+    method = load_file(str(next(ck.glob("task_3_*")) / "method_state.safetensors"))
     assert int(method["domains"][0]) == 3 and {"module.proj_0.weight", "module.proj_2.weight"} <= set(method)
 
 
