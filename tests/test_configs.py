@@ -35,7 +35,7 @@ def test_every_yaml_parses_and_validates(path, tmp_path):
     elif rel[0] == "reproduce":
         plan = load_plan(path)
         assert all(p.is_file() for p in plan.base.values())
-        assert "LLaVA-DyMoE" in [label for label, _ in plan.methods]
+        assert ("SMoE-DSAL" if path.stem == "smoe-dsal" else "LLaVA-DyMoE") in [label for label, _ in plan.methods]
     elif set(data) <= RUN_KEYS:
         cfg = load_config(path, ["backbone.path=tiny:test"])
         method = build_method(cfg.method)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("reproduce", help="reproduce a paper table (main-table, ablation, task-router)")
-    p.add_argument("table", choices=["main-table", "ablation", "task-router"])
-    p.add_argument("--benchmark", default="minicoin", help="minicoin (this machine) or coin (a GPU cluster)")
+    p = sub.add_parser("reproduce", help="reproduce a paper table (main-table, ablation, task-router, smoe-dsal)")
+    p.add_argument("table", choices=["main-table", "ablation", "task-router", "smoe-dsal"])
+    p.add_argument("--benchmark", default=None,
+                   help="minicoin (this machine) or coin (a GPU cluster); smoe-dsal: minidomains or smoe3 "
+                        "(default: the plan's first, minicoin or minidomains)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--backbone", default=None, help="backbone folder (coin: the folder `dymoe build-base llava-1.5-untuned` wrote)")
     p.add_argument("--output", "-o", default=None,
@@ -28,7 +30,7 @@ def run(args) -> int:
     from dymoe.runner.reproduce import reproduce
 
     reproduce(
-        args.output or "runs/main-table", benchmark=args.benchmark, seeds=args.seeds, backbone=args.backbone,
+        args.output or ("runs/smoe-dsal" if args.table == "smoe-dsal" else "runs/main-table"), benchmark=args.benchmark, seeds=args.seeds, backbone=args.backbone,
         methods=args.methods.split(",") if args.methods else None, overrides=args.overrides,
         plan_path=args.plan, table=args.table, budget=args.budget,
     )

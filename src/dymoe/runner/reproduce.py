@@ -32,7 +32,7 @@ from dymoe.io import atomic_write_json, atomic_write_text, read_yaml_mapping
 PLAN_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
 #: the tables ``dymoe reproduce`` knows, and their plans
 TABLES = {"main-table": PLAN_DIR / "main-table.yaml", "ablation": PLAN_DIR / "ablation.yaml",
-          "task-router": PLAN_DIR / "task-router.yaml"}
+          "task-router": PLAN_DIR / "task-router.yaml", "smoe-dsal": PLAN_DIR / "smoe-dsal.yaml"}
 DEFAULT_PLAN = TABLES["main-table"]
 
 
@@ -173,7 +173,7 @@ def task_router_table(run_dirs: list[Path]) -> str:
 def reproduce(
     output: str | Path,
     *,
-    benchmark: str = "minicoin",
+    benchmark: str | None = "minicoin",
     seeds: int = 3,
     backbone: str | None = None,
     methods: list[str] | None = None,
@@ -196,6 +196,7 @@ def reproduce(
     if table not in TABLES:
         raise ConfigError(f"unknown table {table!r}; expected one of {sorted(TABLES)}")
     plan = load_plan(plan_path or TABLES[table])
+    benchmark = benchmark or next(iter(plan.base))  # None: the plan's first base (smoe-dsal: minidomains)
     if benchmark not in plan.base:
         raise ConfigError(f"--benchmark {benchmark!r}: the plan has base configs for {sorted(plan.base)}")
     budget = resolve_budget(plan, benchmark, budget)

@@ -256,3 +256,46 @@ def test_options_are_checked():
         build_method({"name": "smoe_dsal", "variants": ["ours+"]})
     with pytest.raises(ConfigError, match="beta"):
         build_method({"name": "smoe_dsal", "beta": -1})
+
+
+def test_ablation_options_reach_the_layer_and_the_losses(tmp_path, cache_env):
+    """(1) w/o AT-Router: a top-1 softmax router (no threshold, so no L3); (5) w/o (1+k): the layer's flag; (3)
+    the router-margin selection picks per layer the module with the larger prompt mean of max_n s_n − α."""
+    from dymoe.runner.trainer import forward_loss
+
+    run = _run(tmp_path, "ablate", ["method.router=topk", "method.scale_by_count=false"])
+    method, adapter = run.method, run.adapter
+    method.before_task(_info(run, 0))
+    layer = adapter.modules[method.layer_names[0]]
+    assert layer.router_mode == "topk" and layer.top_k == 1 and not layer.scale_by_count
+    batch = {k: v for k, v in run.trainer.collator(run.train_set(run.tasks[0])[:2]).items()
+             if isinstance(v, torch.Tensor) and k in GEN_KEYS + ("labels",)}
+    _, terms, _ = forward_loss(run.model, adapter, method, batch, StepInfo(0, 1),
+                               info=BatchInfo(phase="train", task_index=0, task="ScienceQA"))
+    assert set(terms) == {"dsal"}
+    run2 = _run(tmp_path, "margin")
+    _learn(run2, 0, seed=4)
+    _learn(run2, 1, seed=5)
+    gen = _gen_batch(run2, 0, n=2)
+    run2.model.eval()
+    picks = run2.method.select(gen, "router")  # [B, L]
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [run2.model.get_submodule(n).register_forward_pre_hook(
+        lambda mod, args, n=n: seen.__setitem__(n, args[0].detach())) for n in run2.method.layer_names]
+    am = gen["attention_mask"]
+    chosen = {id(m): picks[:, l] for l, m in enumerate(run2.method.layers)}
+    with torch.no_grad(), run2.adapter.context.use(selector=LayerLookup(chosen)):
+        run2.model(**gen, position_ids=(am.long().cumsum(-1) - 1).clamp_min(0))
+    for h in hooks:
+        h.remove()
+    for l, n in enumerate(run2.method.layer_names):
+        layer = run2.adapter.modules[n]
+        margins = []
+        for g in (0, 1):
+            t = layer.group_tensors(g)
+            x = seen[n].reshape(-1, seen[n].shape[-1]).double()
+            s = (torch.nn.functional.silu(x @ t["router_w1"].double().T + t["router_b1"].double())
+                 @ t["router_w2"].double().T + t["router_b2"].double()).reshape(*seen[n].shape[:2], -1)
+            m = (s[..., 1:].max(-1).values - s[..., 0]) * am
+            margins.append(m.sum(1) / am.sum(1))
+        assert torch.equal(torch.stack(margins, 1).argmax(1), picks[:, l])
