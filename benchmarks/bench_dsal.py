@@ -52,12 +52,13 @@ def kernel(form: str, T: int, d: int, V: int, dp: int, width: int, reps: int) ->
 
 def step(beta: float, reps: int) -> dict:
     """The runner's training step on the demo base (d = 128, 4 layers, V = 1024) with a mini-domains Chart batch."""
+    import tempfile
+    from pathlib import Path
+
     from dymoe.config import load_config
     from dymoe.methods.base import BatchInfo, StepInfo
     from dymoe.runner.continual import ContinualRun
     from dymoe.runner.trainer import forward_loss
-    import tempfile
-    from pathlib import Path
 
     cfg = load_config("configs/smoe/minidomains-smoe-dsal.yaml", [f"method.beta={beta}", "method.eta=0.1"])
     run = ContinualRun(cfg, Path(tempfile.mkdtemp()) / "r")

@@ -116,10 +116,10 @@ def test_loss_terms_are_the_functional_math_on_the_layer_inputs(tmp_path, cache_
     e = torch.zeros_like(seen["h0"])
     e[prompt] = expected_embeddings(seen["h0"][prompt], w_em)[0]
     want = 0.0
-    for l, n in enumerate(method.layer_names):
+    for li, n in enumerate(method.layer_names):
         proj = method.owned_modules["proj_0"]
-        want += float(dsal_loss(seen[n], e, prompt, w_em, adapter.modules[n].group_tensors(0), 4, proj.weight[l],
-                                proj.bias[l]).mean())
+        want += float(dsal_loss(seen[n], e, prompt, w_em, adapter.modules[n].group_tensors(0), 4, proj.weight[li],
+                                proj.bias[li]).mean())
     assert set(terms) == {"dsal", "balance"}
     assert float(terms["dsal"]) == pytest.approx(0.1 * want, rel=1e-5)
     assert terms["dsal"].requires_grad and float(terms["balance"]) >= 0
@@ -152,11 +152,11 @@ def test_prefill_selection_is_the_dsal_argmin_and_is_reused_while_decoding(tmp_p
     w_em = model.get_input_embeddings().weight.detach()
     e = torch.zeros_like(seen["h0"])
     e[prompt] = expected_embeddings(seen["h0"][prompt], w_em)[0]
-    for l, n in enumerate(method.layer_names):
+    for li, n in enumerate(method.layer_names):
         losses = torch.stack([dsal_loss(seen[n], e, prompt, w_em, adapter.modules[n].group_tensors(g), 4,
-                                        method.owned_modules[f"proj_{g}"].weight[l],
-                                        method.owned_modules[f"proj_{g}"].bias[l]) for g in (0, 1)], 1)
-        assert torch.equal(losses.argmin(1), picks[:, l]), (n, losses)
+                                        method.owned_modules[f"proj_{g}"].weight[li],
+                                        method.owned_modules[f"proj_{g}"].bias[li]) for g in (0, 1)], 1)
+        assert torch.equal(losses.argmin(1), picks[:, li]), (n, losses)
     # generation: the lookup is asked once per layer at prefill, never while decoding; cached = uncached
     calls = []
 
@@ -283,12 +283,12 @@ def test_ablation_options_reach_the_layer_and_the_losses(tmp_path, cache_env):
     hooks = [run2.model.get_submodule(n).register_forward_pre_hook(
         lambda mod, args, n=n: seen.__setitem__(n, args[0].detach())) for n in run2.method.layer_names]
     am = gen["attention_mask"]
-    chosen = {id(m): picks[:, l] for l, m in enumerate(run2.method.layers)}
+    chosen = {id(m): picks[:, li] for li, m in enumerate(run2.method.layers)}
     with torch.no_grad(), run2.adapter.context.use(selector=LayerLookup(chosen)):
         run2.model(**gen, position_ids=(am.long().cumsum(-1) - 1).clamp_min(0))
     for h in hooks:
         h.remove()
-    for l, n in enumerate(run2.method.layer_names):
+    for li, n in enumerate(run2.method.layer_names):
         layer = run2.adapter.modules[n]
         margins = []
         for g in (0, 1):
@@ -298,4 +298,4 @@ def test_ablation_options_reach_the_layer_and_the_losses(tmp_path, cache_env):
                  @ t["router_w2"].double().T + t["router_b2"].double()).reshape(*seen[n].shape[:2], -1)
             m = (s[..., 1:].max(-1).values - s[..., 0]) * am
             margins.append(m.sum(1) / am.sum(1))
-        assert torch.equal(torch.stack(margins, 1).argmax(1), picks[:, l])
+        assert torch.equal(torch.stack(margins, 1).argmax(1), picks[:, li])

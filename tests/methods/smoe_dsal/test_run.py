@@ -25,10 +25,10 @@ SETTINGS = [
     "benchmark.file=minidomains",
     "benchmark.minicoin_scale=small",
     "benchmark.order=origin",
-    "benchmark.max_train_samples=16",
+    "benchmark.max_train_samples=8",
     "benchmark.max_eval_samples=4",
     "training.batch_size=8",
-    "evaluation.max_new_tokens=4",
+    "evaluation.max_new_tokens=2",
     "trackers=[]",
 ]
 

@@ -165,7 +165,7 @@ class SMoEDSAL(Method):
             picks = self.select(batch, rule)  # [B, L]
             if not info.variant and info.task_index >= 0 and info.eval_set is not None:
                 self._score(picks, info.task_index)  # a benchmark set (not the cost / format probes)
-        chosen = {id(m): picks[:, l].to(dev) for l, m in enumerate(self.layers)}
+        chosen = {id(m): picks[:, li].to(dev) for li, m in enumerate(self.layers)}
         return {"selector": LayerLookup(chosen), "predicted_task": self.majority(picks)}
 
     @staticmethod
@@ -196,10 +196,10 @@ class SMoEDSAL(Method):
             finally:
                 self._mode = "off"
                 self.model.train(was_training)
-        missing = [self.layer_names[l] for l in range(len(self.layers)) if l not in self._picks]
+        missing = [self.layer_names[li] for li in range(len(self.layers)) if li not in self._picks]
         if missing:
             raise DymoeError(f"smoe_dsal: the prefill pass reached no selection in {missing[:3]}")
-        picks = torch.stack([self._picks[l] for l in range(len(self.layers))], dim=1).cpu()
+        picks = torch.stack([self._picks[li] for li in range(len(self.layers))], dim=1).cpu()
         self._picks, self._e_bar, self._h0, self._prompt = {}, None, None, None
         return picks
 
@@ -216,7 +216,7 @@ class SMoEDSAL(Method):
         return self._e_bar
 
     def _select_layer(self, layer: nn.Module, x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
-        l = self._index[id(layer)]
+        li = self._index[id(layer)]
         groups = [g for g in layer.groups if g < self.domains]
         mask = self._prompt if token_mask is None else token_mask
         if self._rule == "dsal":
@@ -226,18 +226,18 @@ class SMoEDSAL(Method):
             scores = torch.stack([self.router_margin(layer, g, x, mask) for g in groups], dim=1)  # [B, G]
             pick = scores.argmax(-1)
         chosen = torch.tensor(groups, device=x.device)[pick]
-        self._picks[l] = chosen
+        self._picks[li] = chosen
         return chosen
 
     def module_losses(self, layer: MoEFFN, x: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         """``[B, G]`` L_DSAL^{(l,i)} of every learned module ``i`` of ``layer`` on its input ``x [B, T, d]``."""
-        l = self._index[id(layer)]
+        li = self._index[id(layer)]
         e_bar = self._soft_labels(x)
         out = []
         for g in [g for g in layer.groups if g < self.domains]:
             proj = self._projectors(g)
             out.append(dsal_loss(x, e_bar, prompt_mask, self._w_em(), layer.group_tensors(g), self.options.num_experts,
-                                 proj.weight[l], proj.bias[l], chunk=self.options.dsal_chunk))
+                                 proj.weight[li], proj.bias[li], chunk=self.options.dsal_chunk))
         return torch.stack(out, dim=1)
 
     @staticmethod
@@ -325,7 +325,7 @@ class SMoEDSAL(Method):
             e_bar[prompt], _ = expected_embeddings(h0[prompt], self._w_em(), o.soft_label_temperature)
             total = zero
             for ev in events:
-                layer, l = ev.layer, self._index[id(ev.layer)]
+                layer, li = ev.layer, self._index[id(ev.layer)]
                 x = ev.inputs
                 if x is None or x.shape[0] != bsz * seq:
                     raise DymoeError("smoe_dsal: routing events carry no layer input of the batch's shape")
@@ -334,7 +334,7 @@ class SMoEDSAL(Method):
                     x = x.detach()
                 proj = self._projectors(layer.groups[-1])
                 per = dsal_loss(x, e_bar, prompt, self._w_em(), layer.group_tensors(layer.groups[-1]), o.num_experts,
-                                proj.weight[l], proj.bias[l], chunk=o.dsal_chunk)
+                                proj.weight[li], proj.bias[li], chunk=o.dsal_chunk)
                 total = total + per.mean()
             terms["dsal"] = o.beta * total
         if (o.eta > 0 or o.topk_weight > 0) and o.router == "at":
