@@ -22,16 +22,19 @@ import time
 import torch
 
 
-def kernel(form: str, T: int, d: int, V: int, dp: int, width: int, reps: int) -> dict:
+def kernel(form: str, T: int, d: int, V: int, dp: int, width: int, reps: int, layers: int) -> dict:
+    """DSAL of one module in each of ``layers`` layers (one sample of ``T`` prompt tokens), forward + backward:
+    the efficient form computes the soft labels' expected embeddings once and a chunked logsumexp per layer; the
+    naive form the full ``T × V`` soft labels and predictions per layer, all held until backward."""
     from dymoe.methods.smoe_dsal.functional import dsal_loss, dsal_loss_naive, expected_embeddings
 
     torch.manual_seed(0)
     w_em = torch.randn(V, d) * 0.02
     h0 = torch.randn(1, T, d)
-    h = torch.randn(1, T, d, requires_grad=True)
-    m = {"w_gate": torch.randn(4 * width, d, requires_grad=True) * 0.02,
-         "w_up": torch.randn(4 * width, d, requires_grad=True) * 0.02,
-         "w_down": torch.randn(d, 4 * width, requires_grad=True) * 0.02}
+    hs = [torch.randn(1, T, d, requires_grad=True) for _ in range(layers)]
+    m = {"w_gate": (torch.randn(4 * width, d) * 0.02).requires_grad_(),
+         "w_up": (torch.randn(4 * width, d) * 0.02).requires_grad_(),
+         "w_down": (torch.randn(d, 4 * width) * 0.02).requires_grad_()}
     pw, pb = torch.randn(dp, d, requires_grad=True), torch.zeros(dp, requires_grad=True)
     mask = torch.ones(1, T, dtype=torch.bool)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -40,9 +43,9 @@ def kernel(form: str, T: int, d: int, V: int, dp: int, width: int, reps: int) ->
         t = time.perf_counter()
         if form == "efficient":
             e, _ = expected_embeddings(h0[0], w_em)  # once per sample (shared by every layer and module)
-            loss = dsal_loss(h, e[None], mask, w_em, m, 4, pw, pb)
+            loss = sum(dsal_loss(h, e[None], mask, w_em, m, 4, pw, pb) for h in hs)
         else:
-            loss = dsal_loss_naive(h, h0, mask, w_em, m, 4, pw, pb)
+            loss = sum(dsal_loss_naive(h, h0, mask, w_em, m, 4, pw, pb) for h in hs)
         loss.sum().backward()
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -95,22 +98,27 @@ def main() -> None:
     ap.add_argument("--dp", type=int, default=32)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=8, help="layers scored (kernel)")
+    ap.add_argument("--parts", default="kernel,step", help="kernel (efficient vs naive), step (the training step)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.one:
         kind, arg = args.one.split(":")
-        out = kernel(arg, args.T, args.d, args.V, args.dp, args.width, args.reps) if kind == "kernel" else \
+        out = kernel(arg, args.T, args.d, args.V, args.dp, args.width, args.reps, args.layers) if kind == "kernel" else \
             step(float(arg), args.reps)
         print(json.dumps(out))
         return
     res = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
            "torch": torch.__version__, "threads": 1,
-           "shape": {"T": args.T, "d": args.d, "V": args.V, "d_p": args.dp, "N_e": 4, "d'": args.width}}
+           "shape": {"T": args.T, "d": args.d, "V": args.V, "d_p": args.dp, "N_e": 4, "d'": args.width,
+                     "layers": args.layers}}
     for name, one in (("efficient", "kernel:efficient"), ("naive", "kernel:naive"),
                       ("step_beta0", "step:0"), ("step_beta0.1", "step:0.1")):
+        if one.split(":")[0] not in args.parts.split(","):
+            continue
         cmd = [sys.executable, __file__, "--one", one] + [f"--{k}={getattr(args, k)}" for k in
-                                                         ("T", "d", "V", "dp", "width", "reps")]
+                                                         ("T", "d", "V", "dp", "width", "reps", "layers")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             res[name] = {"error": proc.stderr[-500:]}
