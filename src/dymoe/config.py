@@ -51,7 +51,8 @@ class BenchmarkConfig:
 
     Attributes:
         file: benchmark YAML (``configs/benchmarks/coin.yaml``, a mini-CoIN ``benchmark.yaml``); ``minicoin`` builds
-            or reuses the embedded mini-CoIN (scale from ``minicoin_scale``).
+            or reuses the embedded mini-CoIN (scale from ``minicoin_scale``), ``minidomains`` the embedded miniature
+            of SMoE's Medicine -> Chart -> Math (:mod:`dymoe.data.minidomains`, the same scale names).
         data_root: overrides the YAML's data_root.
         order: a named order (``origin``, ``reverse``, ``alphabet``) or an explicit list of task names.
         instruction_type: ``origin``, ``diverse`` or ``10type``; None = the benchmark file's.
@@ -312,7 +313,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if not isinstance(name, str):
         raise ConfigError(f"method.name must be a method name (a string), got {name!r}; see `dymoe ls`")
     cfg.backbone.path = _resolve(cfg.backbone.path, base_dir)
-    if cfg.benchmark.file != "minicoin":
+    if cfg.benchmark.file not in ("minicoin", "minidomains"):
         cfg.benchmark.file = _resolve(cfg.benchmark.file, base_dir)
     if cfg.benchmark.data_root:
         cfg.benchmark.data_root = _resolve(cfg.benchmark.data_root, base_dir)

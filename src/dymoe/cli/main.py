@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "dymoe.cli.verify_data",
     "dymoe.cli.convert",
     "dymoe.cli.make_minicoin",
+    "dymoe.cli.make_minidomains",
     "dymoe.cli.report",
     "dymoe.cli.compare",
     "dymoe.cli.prepare_demo",

@@ -1,15 +1,18 @@
-"""``dymoe reproduce main-table|ablation|task-router|cmoe-main-table``: a paper table (DyMoE's main table of eight
-methods, its component ablation IncMoELoRA → +L_aux → +TAG → +L_exc → +L_spe, its task-router table, or LLaVA-CMoE's
-Table 1 with Immediate and Last rows), mean ± std over seeds; the main tables under the baselines' own papers'
+"""``dymoe reproduce main-table|ablation|task-router|cmoe-main-table|smoe-dsal``: a paper table (DyMoE's main
+table of eight methods, its component ablation IncMoELoRA → +L_aux → +TAG → +L_exc → +L_spe, its task-router table,
+LLaVA-CMoE's Table 1 with Immediate and Last rows, or SMoE-DSAL's continual-learning table), mean ± std over seeds; the main tables under the baselines' own papers'
 settings (``--budget paper``) or one shared budget (``--budget equal``)."""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("reproduce", help="reproduce a paper table (main-table, ablation, task-router, cmoe-main-table)")
-    p.add_argument("table", choices=["main-table", "ablation", "task-router", "cmoe-main-table"])
-    p.add_argument("--benchmark", default="minicoin", help="minicoin (this machine) or coin (a GPU cluster)")
+    p = sub.add_parser("reproduce",
+                       help="reproduce a paper table (main-table, ablation, task-router, cmoe-main-table, smoe-dsal)")
+    p.add_argument("table", choices=["main-table", "ablation", "task-router", "cmoe-main-table", "smoe-dsal"])
+    p.add_argument("--benchmark", default=None,
+                   help="minicoin (this machine) or coin (a GPU cluster); smoe-dsal: minidomains or smoe3 "
+                        "(default: minicoin, or the plan's first base: minidomains for smoe-dsal)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--backbone", default=None, help="backbone folder (coin: the folder `dymoe build-base llava-1.5-untuned` wrote)")
     p.add_argument("--output", "-o", default=None,
@@ -28,8 +31,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from dymoe.runner.reproduce import reproduce
 
+    output = args.output or ("runs/smoe-dsal" if args.table == "smoe-dsal" else "runs/main-table")
     reproduce(
-        args.output or "runs/main-table", benchmark=args.benchmark, seeds=args.seeds, backbone=args.backbone,
+        output, benchmark=args.benchmark, seeds=args.seeds, backbone=args.backbone,
         methods=args.methods.split(",") if args.methods else None, overrides=args.overrides,
         plan_path=args.plan, table=args.table, budget=args.budget,
     )

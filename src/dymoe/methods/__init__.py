@@ -1,5 +1,5 @@
 """Continual-learning methods as plugins, registered by name: one file per baseline, one package per system
-(``dymoe/``, ``cmoe/``; the peer systems ``dmole/``, ``smoe_dsal/`` are placeholders until their issues land)."""
+(``dymoe/``, ``cmoe/``, ``smoe_dsal/``; the peer system ``dmole/`` is a placeholder until its issue lands)."""
 
 from dymoe.methods.base import Method, StepInfo, TaskInfo
 from dymoe.methods.cmoe import CMoE
@@ -11,6 +11,7 @@ from dymoe.methods.lora import LoRA
 from dymoe.methods.lwf import LwF
 from dymoe.methods.moelora import MoELoRA
 from dymoe.methods.olora import OLoRA
+from dymoe.methods.smoe_dsal import SMoEDSAL
 from dymoe.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -23,6 +24,7 @@ METHODS.add(IncLoRA.name, IncLoRA)
 METHODS.add(OLoRA.name, OLoRA)
 METHODS.add(DyMoE.name, DyMoE)
 METHODS.add(CMoE.name, CMoE)
+METHODS.add(SMoEDSAL.name, SMoEDSAL)
 
 
 def build_method(method_cfg: dict) -> Method:

@@ -73,7 +73,7 @@ from dymoe.runner.evaluation import (
 )
 from dymoe.runner.planning import run_initial_phase, run_planning
 from dymoe.runner.protocol import PROTOCOL_FILE, build_card, differing_fields, protocol_key, read_card, short
-from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin
+from dymoe.runner.resources import resolve_backbone_path, resolve_minicoin, resolve_minidomains
 from dymoe.runner.rundir import RunDir, RunLock
 from dymoe.runner.trainer import TaskTrainer, resolve_batching
 
@@ -136,7 +136,10 @@ def _destroy_process_group_at_exit() -> None:
 def resolve_benchmark(cfg: RunConfig) -> Benchmark:
     """The benchmark with its tasks in order, truncated to those named by ``benchmark.order`` if a list."""
     b = cfg.benchmark
-    path = resolve_minicoin(b.minicoin_scale) if b.file == "minicoin" else Path(b.file)
+    if b.file in ("minicoin", "minidomains"):
+        path = (resolve_minicoin if b.file == "minicoin" else resolve_minidomains)(b.minicoin_scale)
+    else:
+        path = Path(b.file)
     return load_benchmark(path, data_root=b.data_root, order=b.order, instruction_type=b.instruction_type)
 
 

@@ -141,7 +141,7 @@ def benchmark_card(cfg, benchmark, eval_questions: dict[str, int]) -> dict[str, 
     b = cfg.benchmark
     return {
         "name": str(benchmark.name),
-        "file": b.file if b.file != "minicoin" else f"minicoin:{b.minicoin_scale}",
+        "file": b.file if b.file not in ("minicoin", "minidomains") else f"{b.file}:{b.minicoin_scale}",
         "instruction_type": benchmark.instruction_type,
         "order": [t.name for t in benchmark.tasks],
         "tasks": tasks,

@@ -1,4 +1,4 @@
-"""``dymoe reproduce main-table|ablation|task-router|cmoe-main-table``: every row of a paper table, over seeds.
+"""``dymoe reproduce main-table|ablation|task-router|cmoe-main-table|smoe-dsal``: every row of a paper table, over seeds.
 
 A plan (``configs/reproduce/main-table.yaml`` for the main table, ``configs/reproduce/ablation.yaml`` for the
 component ablation) names a base run config per benchmark, the methods as config
@@ -37,7 +37,8 @@ from dymoe.io import atomic_write_json, atomic_write_text, read_yaml_mapping
 PLAN_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
 #: the tables ``dymoe reproduce`` knows, and their plans
 TABLES = {"main-table": PLAN_DIR / "main-table.yaml", "ablation": PLAN_DIR / "ablation.yaml",
-          "task-router": PLAN_DIR / "task-router.yaml", "cmoe-main-table": PLAN_DIR / "cmoe-main-table.yaml"}
+          "task-router": PLAN_DIR / "task-router.yaml", "cmoe-main-table": PLAN_DIR / "cmoe-main-table.yaml",
+          "smoe-dsal": PLAN_DIR / "smoe-dsal.yaml"}
 LAYOUTS = ("final", "immediate-last")
 DEFAULT_PLAN = TABLES["main-table"]
 
@@ -273,7 +274,7 @@ def task_router_table(run_dirs: list[Path]) -> str:
 def reproduce(
     output: str | Path,
     *,
-    benchmark: str = "minicoin",
+    benchmark: str | None = "minicoin",
     seeds: int = 3,
     backbone: str | None = None,
     methods: list[str] | None = None,
@@ -296,6 +297,8 @@ def reproduce(
     if table not in TABLES:
         raise ConfigError(f"unknown table {table!r}; expected one of {sorted(TABLES)}")
     plan = load_plan(plan_path or TABLES[table])
+    if benchmark is None:  # minicoin where the plan has it, else the plan's first base (smoe-dsal: minidomains)
+        benchmark = "minicoin" if "minicoin" in plan.base else next(iter(plan.base))
     if benchmark not in plan.base:
         raise ConfigError(f"--benchmark {benchmark!r}: the plan has base configs for {sorted(plan.base)}")
     budget = resolve_budget(plan, benchmark, budget)

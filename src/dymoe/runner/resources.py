@@ -6,7 +6,8 @@
   (:func:`dymoe.models.tiny_families.make_tiny_family`);
 - ``backbone.path: demo:base`` builds (once, cached, checksummed) the caption-pretrained demo base
   (:func:`dymoe.demo.base.build_demo_base`);
-- ``benchmark.file: minicoin`` generates (once, cached, checksummed) mini-CoIN at ``benchmark.minicoin_scale``.
+- ``benchmark.file: minicoin`` generates (once, cached, checksummed) mini-CoIN at ``benchmark.minicoin_scale``;
+  ``benchmark.file: minidomains`` the same for mini-domains (SMoE's Medicine -> Chart -> Math miniature).
 
 The cache lives in ``$DYMOE_CACHE`` or ``~/.cache/dymoe`` (:func:`dymoe.cache.cache_dir`); entries are keyed by
 their parameters and verified before reuse (a corrupted mini-CoIN is rebuilt).
@@ -58,6 +59,18 @@ def resolve_minicoin(scale: str, seed: int = 0) -> Path:
 
     # keyed by the generator version too, so a cache made by an older generator is never reused
     out = cache_dir() / "minicoin" / f"v{GENERATOR_VERSION}-{scale}-seed{seed}"
+    yaml_path = out / "benchmark.yaml"
+    if yaml_path.is_file() and not verify(out):
+        return yaml_path
+    return Path(generate(out, scale=scale, seed=seed, force=True))
+
+
+def resolve_minidomains(scale: str, seed: int = 0) -> Path:
+    """``benchmark.yaml`` of mini-domains at ``scale`` in the cache, generated or regenerated as needed."""
+    from dymoe.data.minidomains import generate, verify
+    from dymoe.data.minidomains.writer import GENERATOR_VERSION
+
+    out = cache_dir() / "minidomains" / f"v{GENERATOR_VERSION}-{scale}-seed{seed}"
     yaml_path = out / "benchmark.yaml"
     if yaml_path.is_file() and not verify(out):
         return yaml_path

@@ -1,13 +1,15 @@
-"""SMoE with AT-Router and DSAL (smoe-dsal.md; issue 20): not built yet, and not registered as a method.
+"""SMoE with AT-Router and DSAL (smoe-dsal.md; issue 20): domain-specific SMoE modules of FFN experts, one per
+domain in every FFN of the language model, the module of each layer picked per instance by the lowest DSAL.
 
-The foundation it will stand on (issue 15):
+- :mod:`.functional`: the virtual expert, soft labels, the efficient DSAL (and its naive oracle), L_Bal and L4;
+- :mod:`.config`: the options (the paper's settings; ablations and selection rules as options);
+- :mod:`.method`: the plugin (growth per domain, the losses from routing events, per-layer DSAL selection at
+  prefill reused while decoding, identification accuracy).
 
-- the domain module per FFN: an adapter site ``kind: mlp`` (:class:`~dymoe.layers.moe_ffn.MoEFFN`: N_e SwiGLU
-  experts of width d', the AT-Router, k = 0 is the base block exactly); one group per domain;
-- DSAL's loss on the layer input: ``context.capture_inputs`` (the input rides on the routing event; stash it,
-  compute after the forward) and :meth:`~dymoe.layers.moe_ffn.MoEFFN.group_tensors` for the virtual expert;
-- the per-layer, per-instance module choice at prefill, kept while decoding and through recomputation:
-  ``context.selector``;
-- 208M learnable / 42M activated at 7B: :meth:`~dymoe.injection.adapter.ExpertAdapter.parameter_report` with the
-  measured experts per token of :class:`~dymoe.injection.accounting.ActiveExpertMeter`.
+The layer itself is :class:`~dymoe.layers.moe_ffn.MoEFFN` (issue 15: the AT-Router, Eqs. 5–6, 8, 11).
 """
+
+from dymoe.methods.smoe_dsal.config import SMoEDSALOptions
+from dymoe.methods.smoe_dsal.method import SMoEDSAL
+
+__all__ = ["SMoEDSAL", "SMoEDSALOptions"]

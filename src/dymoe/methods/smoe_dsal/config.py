@@ -1,0 +1,83 @@
+"""``smoe_dsal``'s options (smoe-dsal.md §4, §5, §8: the paper's settings; [P] = proposed where it is silent)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dymoe.errors import ConfigError
+from dymoe.methods.smoe_dsal.functional import BALANCE_FREQUENCIES
+
+#: how each layer's domain module is chosen at evaluation (smoe-dsal.md §3, §5)
+SELECTIONS = ("dsal", "router", "oracle", "last")
+ROUTERS = ("at", "topk")
+BALANCE_TOKENS = ("all", "prompt")
+
+
+@dataclass
+class SMoEDSALOptions:
+    """Options of ``smoe_dsal`` (defaults: the paper at LLaVA-1.5-7B, smoe-dsal.md §8).
+
+    Attributes:
+        num_experts: N_e SwiGLU experts per domain module and layer: 4.
+        expert_width: d' of each expert: 128 (the paper at d = 4096; small backbones scale it down, e.g. the
+            miniature's 16 at d = 64 keeps d'/d = 1/32 as 128/4096).
+        router: ``at`` (the AT-Router) or ``topk`` (ablation 1, "w/o AT-Router": a standard top-1 softmax router,
+            ``out = FFN + g · E_top1``).
+        router_hidden: the router MLP's hidden width (Linear(d, h) → SiLU → Linear(h, N_e + 1)): 16 [P].
+        scale_by_count: Eq. 11's ``(1 + k_t)`` factor (ablation 5 turns it off): true.
+        projector_dim: d_p of DSAL's projector P^{(l,i)} (Linear(d, d_p)): 32 [P] (fits Table 3's 208M).
+        beta: weight of L2 = Σ_l L_DSAL^{(l)} (0 = ablation 3, "w/o DSAL"): 0.1.
+        eta: weight of L3 = Σ_l L_Bal^{(l)} (0 = ablation 4, "w/o L3"): 0.1.
+        topk_weight: weight of L4 (App. C; Table 10 uses 0.1): 0 = off.
+        topk_target: K of L4: 2.
+        balance_frequency: f_n in L_Bal (A8): ``share`` (count_n / Σ count) [P] or ``per_token`` (count_n / |B|).
+        balance_tokens: tokens of L3: ``all`` non-pad tokens [P] or ``prompt`` tokens only.
+        soft_label_temperature: τ of the soft labels softmax(H⁽⁰⁾ W_emᵀ / τ): 1 [P].
+        dsal_chunk: positions per chunk of the logsumexp over the vocabulary (memory, not results): 256.
+        dsal_detach_input: stop L2's gradient at the layer input (A9): false (earlier layers' modules get it).
+        selection: the module choice at evaluation: ``dsal`` (Eq. 4, per layer and instance at prefill),
+            ``router`` (ablation 3's rule: per layer the module maximising the prompt mean of max_n s_n − α),
+            ``oracle`` (the test set's own domain at every layer), ``last`` (the newest module).
+        variants: extra evaluations with their own matrices, each a selection rule (e.g. ``[oracle]``: the
+            single-domain upper bound of the same modules).
+    """
+
+    num_experts: int = 4
+    expert_width: int = 128
+    router: str = "at"
+    router_hidden: int = 16
+    scale_by_count: bool = True
+    projector_dim: int = 32
+    beta: float = 0.1
+    eta: float = 0.1
+    topk_weight: float = 0.0
+    topk_target: float = 2.0
+    balance_frequency: str = "share"
+    balance_tokens: str = "all"
+    soft_label_temperature: float = 1.0
+    dsal_chunk: int = 256
+    dsal_detach_input: bool = False
+    selection: str = "dsal"
+    variants: list[str] = field(default_factory=lambda: ["oracle"])
+
+    def __post_init__(self):
+        choices = {"router": ROUTERS, "balance_frequency": BALANCE_FREQUENCIES, "balance_tokens": BALANCE_TOKENS,
+                   "selection": SELECTIONS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        bad = [v for v in self.variants if v not in SELECTIONS]
+        if bad:
+            raise ConfigError(f"method.variants: {bad} are not selection rules; allowed: {list(SELECTIONS)}")
+        if self.selection in self.variants:
+            raise ConfigError(f"method.variants repeats the main selection {self.selection!r}")
+        for key in ("num_experts", "expert_width", "projector_dim", "dsal_chunk"):
+            if isinstance(getattr(self, key), bool) or int(getattr(self, key)) < 1:
+                raise ConfigError(f"method.{key} must be >= 1, got {getattr(self, key)}")
+        if self.router_hidden < 0:
+            raise ConfigError(f"method.router_hidden must be >= 0, got {self.router_hidden}")
+        for key in ("beta", "eta", "topk_weight"):
+            if float(getattr(self, key)) < 0:
+                raise ConfigError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+        if self.soft_label_temperature <= 0:
+            raise ConfigError(f"method.soft_label_temperature must be > 0, got {self.soft_label_temperature}")

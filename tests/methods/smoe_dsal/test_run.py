@@ -1,0 +1,78 @@
+"""``dymoe run`` with ``method.name=smoe_dsal`` on the tiny backbone and the mini-domains miniature (slow): the
+three domains' modules (one group per domain in every FFN, earlier ones bit-identical in the last checkpoint), the
+DSAL report (per-(instance, layer) and per-instance identification, activated experts) against the routed tasks
+written beside the predictions, and the oracle variant's own matrix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from dymoe.io import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[3]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+SETTINGS = [
+    "method.name=smoe_dsal",
+    "method.expert_width=8",
+    "method.projector_dim=4",
+    "benchmark.file=minidomains",
+    "benchmark.minicoin_scale=small",
+    "benchmark.order=origin",
+    "benchmark.max_train_samples=8",
+    "benchmark.max_eval_samples=4",
+    "training.batch_size=8",
+    "evaluation.max_new_tokens=2",
+    "trackers=[]",
+]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, dymoe_cache):
+    out = tmp_path_factory.mktemp("smoe") / "run"
+    cmd = [sys.executable, "-m", "dymoe.cli.main", "run", str(SMOKE), "--output", str(out)]
+    for s in SETTINGS:
+        cmd += ["--set", s]
+    env = dict(os.environ, DYMOE_CACHE=str(dymoe_cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def test_modules_per_domain_and_frozen_ones_unchanged(finished):
+    ck = finished / "checkpoints"
+    first = load_file(str(next(ck.glob("task_1_*")) / "adapter.safetensors"))
+    last = load_file(str(next(ck.glob("task_3_*")) / "adapter.safetensors"))
+    key = next(k for k in first if k.endswith("layers.0.mlp.frozen_w_gate"))
+    assert first[key].shape[0] == 4 * 8 and last[key].shape[0] == 3 * 4 * 8  # 4 experts of width 8 per domain
+    assert (last[key][:32] == first[key]).all()  # Medicine's experts untouched by Chart and Math
+    method = load_file(str(next(ck.glob("task_3_*")) / "method_state.safetensors"))
+    assert int(method["domains"][0]) == 3 and {"module.proj_0.weight", "module.proj_2.weight"} <= set(method)
+
+
+def test_dsal_report_matches_the_routed_tasks(finished):
+    scores = json.loads((finished / "scores" / "after_3.json").read_text())
+    main = scores["variants"][""]
+    rep = main["method_eval"]["dsal"]
+    routed = []
+    for task, k in (("Medicine", 0), ("Chart", 1), ("Math", 2)):
+        for path in sorted((finished / "predictions" / task).rglob("after_3.jsonl")):
+            routed += [(k, row["routed_task"]) for row in read_jsonl(path)]
+    right = sum(t == p for t, p in routed)
+    assert rep["instances"] == len(routed) == 4 + 3 * 4 + 4
+    assert rep["accuracy_instance"] == pytest.approx(round(100.0 * right / len(routed), 2))
+    assert 0.0 <= rep["mean_active_experts"] <= 4.0 and len(rep["accuracy_per_layer"]) == 2
+    assert main["locator"]["tasks"] == ["Medicine", "Chart", "Math"]
+    oracle = scores["variants"]["oracle"]
+    assert oracle["locator"]["accuracy"] == {"Medicine": 100.0, "Chart": 100.0, "Math": 100.0}
+    assert (finished / "variants" / "oracle" / "matrix.json").is_file()
