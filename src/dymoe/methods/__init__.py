@@ -1,8 +1,9 @@
 """Continual-learning methods as plugins, registered by name: one file per baseline, one package per system
-(``dymoe/``, ``cmoe/``; the peer systems ``dmole/``, ``smoe_dsal/`` are placeholders until their issues land)."""
+(``dymoe/``, ``cmoe/``, ``dmole/``; ``smoe_dsal/`` is a placeholder until its issue lands)."""
 
 from dymoe.methods.base import Method, StepInfo, TaskInfo
 from dymoe.methods.cmoe import CMoE
+from dymoe.methods.dmole import DMoLE
 from dymoe.methods.dymoe import DyMoE
 from dymoe.methods.ewc import EWC
 from dymoe.methods.inclora import IncLoRA
@@ -23,6 +24,7 @@ METHODS.add(IncLoRA.name, IncLoRA)
 METHODS.add(OLoRA.name, OLoRA)
 METHODS.add(DyMoE.name, DyMoE)
 METHODS.add(CMoE.name, CMoE)
+METHODS.add(DMoLE.name, DMoLE)
 
 
 def build_method(method_cfg: dict) -> Method:
