@@ -19,9 +19,11 @@ class _VisionCaptured(Exception):
 
 @torch.no_grad()
 def vision_pooled(model: nn.Module, vision: nn.Module, batch: Mapping[str, torch.Tensor],
-                  image_sample: Sequence[int]) -> torch.Tensor | None:
+                  image_sample: Sequence[int], image_token_id: int | None = None) -> torch.Tensor | None:
     """``[B, d_v]``: the vision encoder's last hidden state, max-pooled over its tokens (Eq. 6), one row per sample
     (max over a sample's images; zeros for a sample without an image); None when the batch has no image.
+    ``image_sample`` ``[N_img]``: the sample of each image (the collator's); if it is not given, the images are
+    mapped by their placeholder tokens in ``input_ids``.
 
     Runs the model until the vision tower has returned (a hook stops the forward there)."""
     if batch.get("pixel_values") is None:
@@ -45,8 +47,15 @@ def vision_pooled(model: nn.Module, vision: nn.Module, batch: Mapping[str, torch
     h = captured["h"].float()  # [n_img, P, d_v] (or [tokens, d_v] for flat-patch towers)
     per_image = h.amax(dim=1) if h.dim() == 3 else h.amax(dim=0, keepdim=True)  # [n_img, d_v]
     b = batch["input_ids"].shape[0]
-    rows = list(image_sample) if len(image_sample) == per_image.shape[0] else (
-        list(range(b)) if per_image.shape[0] == b else [0] * per_image.shape[0])
+    if len(image_sample) == per_image.shape[0]:
+        rows = list(image_sample)
+    else:
+        from dymoe.injection.inject import image_rows
+
+        mapped = None if image_token_id is None else image_rows(batch["input_ids"], per_image.shape[0], image_token_id)
+        if mapped is None and per_image.shape[0] != b:
+            raise ValueError(f"{per_image.shape[0]} images in a batch of {b} samples and no image -> sample map")
+        rows = mapped.tolist() if mapped is not None else list(range(b))
     idx = torch.tensor(rows, dtype=torch.long, device=per_image.device)[:, None].expand_as(per_image)  # [n_img, d_v]
     out = torch.full((b, per_image.shape[1]), -torch.inf, device=per_image.device)
     out = out.scatter_reduce(0, idx, per_image, "amax")
@@ -91,7 +100,7 @@ def router_feature(model: nn.Module, vision: nn.Module | None, batch: Mapping[st
     """``z = [v_pooled; w_pooled]`` ``[B, d_v + d_t]`` fp32 (Eq. 6–7), L2-normalised per row when ``normalize`` (the
     code). Call it with the expert layers bypassed (the pretrained backbone)."""
     w = text_pooled(model, batch, image_token_id, pad_token_id)  # [B, d_t]
-    v = vision_pooled(model, vision, batch, image_sample) if vision is not None else None
+    v = vision_pooled(model, vision, batch, image_sample, image_token_id) if vision is not None else None
     if v is None:
         v = torch.zeros(w.shape[0], vision_dim, device=w.device)
     z = torch.cat([v.to(w.device), w], dim=1)
