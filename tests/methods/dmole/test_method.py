@@ -208,3 +208,35 @@ def test_options_are_checked():
     m = build_method({"name": "dmole"})
     assert (m.options.rank, m.options.effective_alpha, m.options.dropout, m.options.rho) == (8, 16.0, 0.05, 0.5)
     assert (m.options.min_vision_frac, m.options.threshold_multiplier, m.options.eval_top_k) == (0.25, 1.2, 2)
+
+
+def test_seq_ft_merge_and_restart_equals_the_merged_base_plus_a_fresh_lora(tmp_path, cache_env):
+    """The ``lora`` option ``merge_after_task`` (D-MoLE's Seq-FT): after task 1 the model is the base with the LoRA
+    merged in (export's merge, W + s·BA) and task 2 trains a fresh LoRA (B = 0, only it trainable)."""
+    import copy
+
+    from dymoe.export.lora import merge_into_base
+    from dymoe.runner.continual import ContinualRun
+
+    settings = [s for s in SETTINGS if not s.startswith("method.")] + ["method.name=lora",
+                                                                         "method.merge_after_task=true"]
+    run = ContinualRun(load_config(SMOKE, settings), tmp_path / "seqft")
+    run.setup()
+    method, adapter, model = run.method, run.adapter, run.model
+    method.before_task(_info(run, 0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.normal_(0, 0.2)
+    method.after_task(_info(run, 0))
+    merged = copy.deepcopy(model)
+    merge_into_base(merged, merged._dymoe_adapter)
+    method.before_task(_info(run, 1))
+    assert adapter.groups() == [0, 1] and all(
+        not layer.lora_B.any() and layer.lora_A.requires_grad and not layer.frozen_A.requires_grad
+        for layer in adapter.modules.values())
+    batch = _inputs(run.trainer.collator(run.train_set(run.tasks[1])[:2]))
+    model.eval()
+    merged.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, merged(**batch).logits, atol=1e-5, rtol=1e-5)
