@@ -122,7 +122,7 @@ def test_routing_equals_a_loop_with_the_pretrained_backbone_and_the_saved_autoen
         aes.append(ae.eval())
     taus = state["taus"].float()
     routed = 0
-    for j, task in enumerate(bench.tasks):
+    for task in bench.tasks:
         rows = read_jsonl(finished / "predictions" / task.name / "after_2.jsonl")
         by_id = {s.question_id: s for s in load_test(task)}
         for r in rows:
