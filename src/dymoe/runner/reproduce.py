@@ -32,7 +32,7 @@ from dymoe.io import atomic_write_json, atomic_write_text, read_yaml_mapping
 PLAN_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
 #: the tables ``dymoe reproduce`` knows, and their plans
 TABLES = {"main-table": PLAN_DIR / "main-table.yaml", "ablation": PLAN_DIR / "ablation.yaml",
-          "task-router": PLAN_DIR / "task-router.yaml"}
+          "task-router": PLAN_DIR / "task-router.yaml", "dmole": PLAN_DIR / "dmole.yaml"}
 DEFAULT_PLAN = TABLES["main-table"]
 
 

@@ -104,3 +104,21 @@ def test_mini_coin_config_and_the_demo():
     registered = ["lora", "incmoelora", "dymoe", "cmoe", "dmole"]
     assert select_methods(None, registered) == (["lora", "incmoelora", "dymoe"], [])
     assert select_methods(["dmole", "lora"], registered) == (["lora", "dmole"], [])
+
+
+def test_the_reproduce_plan_with_d_moles_protocol():
+    from dymoe.runner.reproduce import TABLES, load_plan, plan_rows
+
+    plan = load_plan(TABLES["dmole"])
+    assert sorted(plan.base) == ["dmole9", "minicoin"]
+    for bench in plan.base:
+        rows = plan_rows(plan, bench, "paper")
+        assert [r.label for r in rows] == ["D-MoLE", "Seq-FT", "IncMoELoRA", "LLaVA-DyMoE", "LLaVA-CMoE"]
+        for row in rows:
+            cfg = load_config(plan.base[bench], row.overrides)  # every row validates
+            build_method(cfg.method)
+            assert cfg.evaluation.tasks == "all" and cfg.evaluation.metric == "dmole"
+    seqft = load_config(plan.base["minicoin"], plan_rows(plan, "minicoin", "paper")[1].overrides)
+    assert build_method(seqft.method).options.merge_after_task
+    d9 = load_config(plan.base["dmole9"], plan_rows(plan, "dmole9", "paper")[0].overrides)
+    assert build_method(d9.method).options.proxy_fraction == 0.01  # the paper's 1 % on the real benchmark
