@@ -8,7 +8,7 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser("reproduce", help="reproduce a paper table (main-table, ablation, task-router, dmole)")
     p.add_argument("table", choices=["main-table", "ablation", "task-router", "dmole"])
-    p.add_argument("--benchmark", default="minicoin", help="minicoin (this machine) or coin (a GPU cluster)")
+    p.add_argument("--benchmark", default="minicoin", help="minicoin (this machine) or coin (a GPU cluster); the dmole table: minicoin or dmole9")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--backbone", default=None, help="backbone folder (coin: the folder `dymoe build-base llava-1.5-untuned` wrote)")
     p.add_argument("--output", "-o", default=None,
