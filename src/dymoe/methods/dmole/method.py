@@ -56,6 +56,12 @@ def slot_of(name: str, qkv: list[str], out: list[str]) -> str:
     raise DymoeError(f"dmole: {name} is neither a q/k/v nor an output projection")
 
 
+def _subset_seed(planner) -> int:
+    """The seed of a task's random subsets (the proxy's 1 %, the autoencoder's samples): the run's seed and the task,
+    so that another training seed draws other subsets (``training.seed * 1000 + task``)."""
+    return int(planner.run.cfg.training.seed) * 1000 + planner.task.index
+
+
 class DMoLE(Method):
     name = "dmole"
     Options = DMoLEOptions
@@ -149,7 +155,7 @@ class DMoLE(Method):
     def _proxy(self, planner) -> tuple[dict[str, float], dict]:
         """The zero-cost proxy (dmole.md §3): ``{slot: S_m}`` on a seeded subset, and its log."""
         o = self.options
-        idx = planner.subset(o.proxy_fraction, seed=planner.task.index)
+        idx = planner.subset(o.proxy_fraction, seed=_subset_seed(planner))
         bases = {s: [self.adapter.modules[n].base for n in names] for s, names in self.slots.items()}
         params = [p for lins in bases.values() for lin in lins for p in (lin.weight, lin.bias) if p is not None]
         ctx, model = self.adapter.context, self.model
@@ -186,7 +192,7 @@ class DMoLE(Method):
         chosen = torch.tensor([s in set(alloc["chosen"]) for s in self.slot_names], dtype=torch.bool)
         # the autoencoder router (§7): features of the pretrained backbone, one autoencoder per task
         start = time.perf_counter()
-        ae_idx = planner.subset(min(1.0, o.ae_samples / max(len(planner.samples), 1)), seed=10_000 + t)
+        ae_idx = planner.subset(min(1.0, o.ae_samples / max(len(planner.samples), 1)), seed=10_000 + _subset_seed(planner))
         feats = planner.features(lambda batch, info: self._features(batch, info.image_sample), ae_idx)
         if not self.feature_dim:
             self.feature_dim = int(feats.shape[1])
