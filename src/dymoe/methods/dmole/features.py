@@ -117,12 +117,14 @@ def slot_gradient_norms(groups: Mapping[str, Iterable[nn.Linear]], *, bias: bool
     for slot, linears in groups.items():
         w2, b2 = 0.0, 0.0
         for lin in linears:
-            g = lin.weight.grad
-            if g is not None:
-                g = reduce(g) if reduce is not None else g
-                w2 += float(g.double().pow(2).sum())
-            if bias and lin.bias is not None and lin.bias.grad is not None:
-                gb = reduce(lin.bias.grad) if reduce is not None else lin.bias.grad
+            # a weight without a gradient (unused by the loss, or no batch on this process) counts as zeros, and
+            # every process reduces the same tensors in the same order
+            g = lin.weight.grad if lin.weight.grad is not None else torch.zeros_like(lin.weight)
+            g = reduce(g) if reduce is not None else g
+            w2 += float(g.double().pow(2).sum())
+            if bias and lin.bias is not None:
+                gb = lin.bias.grad if lin.bias.grad is not None else torch.zeros_like(lin.bias)
+                gb = reduce(gb) if reduce is not None else gb
                 b2 += float(gb.double().pow(2).sum())
         out[slot] = w2 ** 0.5 + (b2 ** 0.5 if bias else 0.0)
     return out
