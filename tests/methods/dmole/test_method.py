@@ -37,6 +37,14 @@ def _run(tmp_path: Path, name: str, extra=()):
     return run
 
 
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory, dymoe_cache):
+    """One run set up once for the tests that leave it as they found it (no growth, no training)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DYMOE_CACHE", str(dymoe_cache))
+        yield _run(tmp_path_factory.mktemp("dmole-fresh"), "fresh")
+
+
 def _info(run, k: int) -> TaskInfo:
     task = run.tasks[k]
     return TaskInfo(index=k, name=task.name, num_tasks=len(run.tasks), train_samples=run.train_set(task))
@@ -61,8 +69,8 @@ def _inputs(batch):
     return {k: v for k, v in batch.items() if k in MODEL_KEYS}
 
 
-def test_the_slots_and_the_layer_are_the_papers(tmp_path, cache_env):
-    run = _run(tmp_path, "layer")
+def test_the_slots_and_the_layer_are_the_papers(fresh):
+    run = fresh
     method, adapter = run.method, run.adapter
     assert isinstance(method, DMoLE)
     # 2 LLM layers + 2 CLIP layers, (qkv, o) each: 8 slots; q/k/v are three linears of one slot
@@ -78,12 +86,12 @@ def test_the_slots_and_the_layer_are_the_papers(tmp_path, cache_env):
     assert not any("mlp" in n or "fc" in n for n in adapter.modules)
 
 
-def test_zero_cost_proxy_is_the_gradient_norm_of_each_slot(tmp_path, cache_env):
+def test_zero_cost_proxy_is_the_gradient_norm_of_each_slot(fresh, cache_env):
     from dymoe.models.llava import load_backbone
     from dymoe.runner.planning import Planner
     from dymoe.runner.resources import resolve_backbone_path
 
-    run = _run(tmp_path, "proxy")
+    run = fresh
     info = _info(run, 1)  # ImageNet: every sample has an image
     planner = Planner(run, info)
     scores, log = run.method._proxy(planner)
@@ -177,11 +185,11 @@ def test_per_sample_gates_equal_each_sample_alone_and_none_is_the_pretrained_mod
         assert torch.equal(model(**batch).logits, pretrained)
 
 
-def test_router_feature_is_the_same_at_training_and_at_generation(tmp_path, cache_env):
+def test_router_feature_is_the_same_at_training_and_at_generation(fresh):
     from dymoe.data.coin import TestSample
     from dymoe.data.collate import build_generation_batch
 
-    run = _run(tmp_path, "feat")
+    run = fresh
     samples = run.train_set(run.tasks[0])[:4]  # ScienceQA: with and without images
     train = run.trainer.collator(samples)
     img = train["image_sample"].tolist() if "image_sample" in train else []
