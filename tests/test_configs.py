@@ -15,7 +15,7 @@ RUN_KEYS = set(RunConfig.__dataclass_fields__)
 ALL_YAML = sorted(p for p in (ROOT / "configs").rglob("*.yaml"))
 #: the system whose paper table each reproduce plan reproduces (a new plan must be listed here)
 PLAN_SYSTEMS = {"main-table.yaml": "LLaVA-DyMoE", "ablation.yaml": "LLaVA-DyMoE", "task-router.yaml": "LLaVA-DyMoE",
-                "cmoe-main-table.yaml": "LLaVA-CMoE", "smoe-dsal.yaml": "SMoE-DSAL"}
+                "cmoe-main-table.yaml": "LLaVA-CMoE", "dmole.yaml": "D-MoLE", "smoe-dsal.yaml": "SMoE-DSAL"}
 
 
 def test_there_are_configs():

@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--output", "-o", default=None,
                    help="output folder (default runs/demo, or runs/demo-quick with --quick)")
     p.add_argument("--methods", type=_methods, default=None, metavar="M1,M2",
-                   help="comma-separated subset of lora,incmoelora,dymoe (default: all registered) or cmoe, smoe_dsal (on request)")
+                   help="comma-separated subset of lora,incmoelora,dymoe (default: all registered) or cmoe, dmole, smoe_dsal (on request)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.set_defaults(func=run)
 

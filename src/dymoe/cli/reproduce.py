@@ -8,10 +8,10 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser("reproduce",
-                       help="reproduce a paper table (main-table, ablation, task-router, cmoe-main-table, smoe-dsal)")
-    p.add_argument("table", choices=["main-table", "ablation", "task-router", "cmoe-main-table", "smoe-dsal"])
+                       help="reproduce a paper table (main-table, ablation, task-router, cmoe-main-table, dmole, smoe-dsal)")
+    p.add_argument("table", choices=["main-table", "ablation", "task-router", "cmoe-main-table", "dmole", "smoe-dsal"])
     p.add_argument("--benchmark", default=None,
-                   help="minicoin (this machine) or coin (a GPU cluster); smoe-dsal: minidomains or smoe3 "
+                   help="minicoin (this machine) or coin (a GPU cluster); dmole: minicoin or dmole9; smoe-dsal: minidomains or smoe3 "
                         "(default: minicoin, or the plan's first base: minidomains for smoe-dsal)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--backbone", default=None, help="backbone folder (coin: the folder `dymoe build-base llava-1.5-untuned` wrote)")

@@ -31,7 +31,7 @@ __all__ = [
 #: the demo's methods, in table order: the baselines first, then LLaVA-DyMoE
 DEMO_METHODS: tuple[str, ...] = ("lora", "incmoelora", "dymoe")
 #: demo methods run only when asked for (``--methods``): the default demo keeps its time budget
-EXTRA_DEMO_METHODS: tuple[str, ...] = ("cmoe", "smoe_dsal")
+EXTRA_DEMO_METHODS: tuple[str, ...] = ("cmoe", "dmole", "smoe_dsal")
 
 
 def _default_config_dir() -> Path:

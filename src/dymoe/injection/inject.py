@@ -61,11 +61,14 @@ def _forward_start(context: RoutingContext, image_token_id: int | None, vision: 
         context.phase = "decode" if decode else "prefill"
         if not decode:
             context.start_forward()
-        if vision:
+        if vision and not decode:
             pv, ids = kwargs.get("pixel_values"), kwargs.get("input_ids")
-            context.image_rows = None
             if isinstance(pv, torch.Tensor) and isinstance(ids, torch.Tensor) and image_token_id is not None:
                 context.image_rows = image_rows(ids, pv.shape[0], image_token_id)
+            elif kwargs.get("mm_encoder_outputs") is None:
+                context.image_rows = None
+            # else: ``generate`` (transformers 5) encoded the images before this forward; the caller mapped them
+            # (EvalRouting sets image_rows per batch), and decoding steps keep the map for the next generate call
 
     return hook
 

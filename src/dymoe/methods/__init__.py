@@ -1,8 +1,9 @@
 """Continual-learning methods as plugins, registered by name: one file per baseline, one package per system
-(``dymoe/``, ``cmoe/``, ``smoe_dsal/``; the peer system ``dmole/`` is a placeholder until its issue lands)."""
+(``dymoe/``, ``cmoe/``, ``dmole/``, ``smoe_dsal/``)."""
 
 from dymoe.methods.base import Method, StepInfo, TaskInfo
 from dymoe.methods.cmoe import CMoE
+from dymoe.methods.dmole import DMoLE
 from dymoe.methods.dymoe import DyMoE
 from dymoe.methods.ewc import EWC
 from dymoe.methods.inclora import IncLoRA
@@ -24,6 +25,7 @@ METHODS.add(IncLoRA.name, IncLoRA)
 METHODS.add(OLoRA.name, OLoRA)
 METHODS.add(DyMoE.name, DyMoE)
 METHODS.add(CMoE.name, CMoE)
+METHODS.add(DMoLE.name, DMoLE)
 METHODS.add(SMoEDSAL.name, SMoEDSAL)
 
 

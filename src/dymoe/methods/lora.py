@@ -22,10 +22,17 @@ class LoRAOptions:
         CoIN's own setting is 128 (``dymoe reproduce main-table --budget paper``).
     projector_lr: train the vision-language projector too, at this learning rate (CoIN: 2e-5,
         ``--mm_projector_lr``); None = frozen (:mod:`dymoe.methods.projector`).
+    merge_after_task: D-MoLE's Seq-FT baseline (dmole.md §11, the official code's ``merge_and_unload``): after
+        each task the LoRA is merged into the base and a fresh LoRA (B = 0, a new A) is trained on the next task.
+        The merge is kept as a frozen group (router ``none`` sums it with weight 1: ``W0 + s·B_1 A_1 + ...``, the
+        merged weight exactly, while the base stays the pretrained checkpoint and the adapter checkpoint holds
+        everything a resume needs); ``dymoe export --format merged`` writes the physically merged weights. False =
+        one LoRA trained through all tasks (CoIN's sequential LoRA).
     """
 
     rank: int | None = None
     projector_lr: float | None = None
+    merge_after_task: bool = False
 
     def __post_init__(self):
         if self.rank is not None and int(self.rank) < 1:
@@ -42,5 +49,12 @@ class LoRA(Method):
         return dataclasses.replace(config, experts_per_group=1, expert_rank=rank, bank_rank=rank, router="none", top_k=1)
 
     def before_task(self, task: TaskInfo) -> None:
-        if not self.adapter.groups():
+        if self.options.merge_after_task:
+            if task.index not in self.adapter.groups():
+                self.adapter.add_group(task.index)  # a fresh LoRA on top of the merged ones
+        elif not self.adapter.groups():
             self.adapter.add_group(0)
+
+    def after_task(self, task: TaskInfo, trainer=None) -> None:
+        if self.options.merge_after_task:
+            self.adapter.fold()  # merged: frozen, summed with weight 1 into every later forward

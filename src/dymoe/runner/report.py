@@ -325,6 +325,34 @@ def _evaluation_sections(run: RunSummary) -> list[str]:
     return lines
 
 
+def _dmole_section(method_eval: Mapping[str, Any], tasks: list[str]) -> list[str]:
+    """D-MoLE's cumulative architecture (its Fig. 6): the slots each task received, per modality, and how many
+    evaluated samples ran with 0 (the pretrained model), 1 or 2 tasks' experts (``method_eval`` ``dmole``)."""
+    rows = [(int(k.rsplit("_", 1)[1]), v["dmole"]) for k, v in method_eval.items()
+            if k.startswith("after_task_") and isinstance(v, Mapping) and "dmole" in v]
+    if not rows:
+        return []
+    after, dm = max(rows, key=lambda r: r[0])
+    slots = dm.get("slots", {})
+    lines = ["", f"## D-MoLE architecture (after task {after})", "",
+             f"Slots: {slots.get('llm', 0)} in the language model, {slots.get('vision', 0)} in the vision encoder "
+             "(a slot = the q/k/v or the output projection of one layer). Each task's expert went to:", "",
+             "| task | LLM slots | vision slots | τ | slots |", "|---|---:|---:|---:|---|"]
+    taus = dm.get("taus", [])
+    for k, alloc in enumerate(dm.get("allocation", [])):
+        name = tasks[k] if k < len(tasks) else str(k + 1)
+        chosen = ", ".join(s.split("layers.")[-1] + (" (V)" if m == "vision" else "")
+                           for m in ("llm", "vision") for s in alloc.get(m, []))
+        tau = _fmt(taus[k]) if k < len(taus) and abs(taus[k]) >= 0.01 else (f"{taus[k]:.2e}" if k < len(taus) else "")
+        lines.append(f"| {_cell(name)} | {len(alloc.get('llm', []))} | {len(alloc.get('vision', []))} | {tau} | "
+                     f"{_cell(chosen)} |")
+    act = dm.get("active_tasks") or {}
+    if act:
+        lines += ["", f"Evaluated samples after task {after} with no task under its threshold (pretrained model): "
+                  f"{act.get('none', 0)}; one task's experts: {act.get('one', 0)}; two: {act.get('two', 0)}."]
+    return lines
+
+
 def _task_router_section(method_eval: Mapping[str, Any]) -> list[str]:
     """The task router's per-task accuracy of the last evaluated row (``metrics.json`` ``method_eval``), if any."""
     rows = [(int(k.rsplit("_", 1)[1]), v["task_router"]) for k, v in method_eval.items()
@@ -410,6 +438,7 @@ def render_report(run: RunSummary) -> str:
     lines += [f"| {t} | {_fmt(a)} |" for t, a in run.final.items()]
     lines += _evaluation_sections(run)
     lines += _task_router_section(run.info.get("method_eval") or {})
+    lines += _dmole_section(run.info.get("method_eval") or {}, run.tasks)
     lines += ["", *_cost_and_format_lines(run)]
     lines += ["## Plots", ""]
     lines += [f"- [{name}]({rel})" for name, rel in PLOT_FILES.items()]

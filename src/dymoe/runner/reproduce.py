@@ -38,6 +38,7 @@ PLAN_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
 #: the tables ``dymoe reproduce`` knows, and their plans
 TABLES = {"main-table": PLAN_DIR / "main-table.yaml", "ablation": PLAN_DIR / "ablation.yaml",
           "task-router": PLAN_DIR / "task-router.yaml", "cmoe-main-table": PLAN_DIR / "cmoe-main-table.yaml",
+          "dmole": PLAN_DIR / "dmole.yaml",
           "smoe-dsal": PLAN_DIR / "smoe-dsal.yaml"}
 LAYOUTS = ("final", "immediate-last")
 DEFAULT_PLAN = TABLES["main-table"]

@@ -127,6 +127,7 @@ class EvalRouting:
 
         restore_routing(self.ctx, self._saved)
         inputs, meta = split_meta(batch)
+        self._map_images(inputs)
         self.ctx.group_mask = self.method.group_mask(inputs, "eval")
         idx, img = meta.get("sample_index"), meta.get("image_sample")
         info = BatchInfo(phase="eval", indices=[] if idx is None else idx.tolist(),
@@ -134,3 +135,17 @@ class EvalRouting:
         self._saved, predicted = apply_batch_routing(self.ctx, self.method.batch_routing(inputs, info),
                                                      inputs["input_ids"].shape[0])
         return None if predicted is None else {"routed_task": predicted.tolist()}
+
+    def _map_images(self, inputs: dict) -> None:
+        """Set ``context.image_rows`` (the sample of each image) for this batch: ``generate`` in transformers 5 encodes
+        the images *before* the model's forward (``mm_encoder_outputs``), where the injection pre-hook cannot map
+        them, so experts in the vision tower would meet a stale map in a batch mixing samples with and without
+        images."""
+        from dymoe.injection.inject import _image_token_id, image_rows
+
+        model, pv = getattr(self.method, "model", None), inputs.get("pixel_values")
+        if model is None or not isinstance(pv, torch.Tensor) or "input_ids" not in inputs:
+            return
+        token = _image_token_id(model)
+        if token is not None:
+            self.ctx.image_rows = image_rows(inputs["input_ids"], pv.shape[0], token)

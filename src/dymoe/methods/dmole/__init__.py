@@ -1,11 +1,14 @@
-"""D-MoLE (dmole.md; issue 19): not built yet, and not registered as a method.
+"""D-MoLE (dmole.md; issue 19): zero-cost-proxy layer allocation, the inter-modal budget split and the autoencoder
+task router, on LoRA experts in the language model and the vision encoder.
 
-The foundation it will stand on (issue 15):
-
-- LoRA experts in the language model and the vision encoder: two adapter sites (``scope: vision`` for the CLIP
-  tower, stream ``vision``), groups added only in the allocated slots (``add_group(..., modules=[...])``);
-- binary gates, active experts summed: router ``none`` with a per-sample ``context.group_mask``, which reaches the
-  vision tower's rows through ``context.image_rows`` (set by the injection hook);
-- zero-cost proxy and autoencoder features on the frozen backbone: ``context.use(bypass=True)``;
-- the 48-slot budget per stream: :meth:`~dymoe.injection.adapter.ExpertAdapter.parameter_report` (``by_stream``).
+- :mod:`.config`: the options (the paper's settings; open values as documented options);
+- :mod:`.allocation`: slot scores → modality budgets → top-B_M slots → the cumulative architecture (pure);
+- :mod:`.router`: the per-task autoencoder, thresholds and the gates (pure);
+- :mod:`.features`: the pretrained backbone's measurements (the proxy's gradient norms, the router feature z);
+- :mod:`.method`: the plugin (planning phase, growth, per-batch binary gates).
 """
+
+from dymoe.methods.dmole.config import DMoLEOptions
+from dymoe.methods.dmole.method import DMoLE
+
+__all__ = ["DMoLE", "DMoLEOptions"]
