@@ -119,6 +119,18 @@ class DMoLE(Method):
         if self.alloc.shape[1] == 0:
             self.alloc = torch.zeros(self.alloc.shape[0], len(self.slots), dtype=torch.bool)
 
+    def loss_terms(self, batch: dict, outputs, step) -> dict[str, torch.Tensor]:
+        """The base's terms, plus ``vision_idle`` = 0 · Σ the trainable vision-tower expert weights, on every step
+        (the same keys on every process): the vision experts then take part in each step's loss, as DDP requires
+        (a text-only micro-batch on one process and an image batch on another would otherwise reduce different
+        parameter sets). Its value and gradient are zero."""
+        terms = super().loss_terms(batch, outputs, step)
+        params = [p for n, layer in self.adapter.modules.items() if self.adapter.site_of[n] == "vision"
+                  for p in layer.parameters() if p.requires_grad]
+        if params:
+            terms["vision_idle"] = sum(p.sum() for p in params) * 0.0
+        return terms
+
     @property
     def slot_names(self) -> list[str]:
         return list(self.slots)

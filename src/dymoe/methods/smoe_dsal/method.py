@@ -101,6 +101,12 @@ class SMoEDSAL(Method):
         return dataclasses.replace(config, sites=[site])
 
     def setup(self, model, adapter) -> None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # two gloo processes crash in the first training step (a collective mismatch / SIGSEGV, not yet found):
+            # refused before anything is written rather than training something one process would not
+            raise ConfigError(f"smoe_dsal runs on one process only in this release ({dist.get_world_size()} were "
+                              "started); launch `dymoe run` without accelerate/torchrun")
         super().setup(model, adapter)
         self.layer_names = [n for n, m in adapter.modules.items() if isinstance(m, MoEFFN)]
         if not self.layer_names or len(self.layer_names) != len(adapter.modules):
