@@ -68,6 +68,8 @@ SINGLE_PROCESS = {"smoe_dsal"}
 CASES: dict[str, list[str]] = {name: [f"method.name={name}"]
                                for name in [*METHODS.names(), ProjectedIncMoELoRA.name, PlannerMethod.name]
                                if name not in SINGLE_PROCESS}
+# D-MoLE's experts default to the paper's dropout 0.05, whose masks depend on how samples are split over processes
+CASES["dmole"] = ["method.name=dmole", "method.dropout=0.0"]
 CASES["incmoelora+replay"] = ["method.name=incmoelora", "replay.samples_per_task=2"]
 CASES["dymoe+prune"] = ["method.name=dymoe", "method.prune_fraction=0.25"]
 # CoIN's baselines train the real projector (an owned module at its own lr); ScienceQA's text-only samples make
