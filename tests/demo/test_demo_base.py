@@ -260,7 +260,7 @@ def test_shipped_demo_configs_parse(method, quick):
     if quick:
         assert cfg.benchmark.order == ["ScienceQA", "TextVQA", "ImageNet", "GQA"] and cfg.training.epochs == 1
     else:
-        assert cfg.benchmark.order == "origin" and cfg.training.epochs == 3
+        assert cfg.benchmark.order == "origin" and cfg.training.epochs == 5
 
 
 def test_demo_routing_temperature_is_the_papers_matched_to_the_base_width():
