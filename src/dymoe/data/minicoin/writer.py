@@ -212,6 +212,20 @@ def _prepare_out_dir(out: Path, force: bool) -> None:
         raise DymoeError(f"--out {out}: directory is not empty; pass force=True (--force) to replace it")
 
 
+def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
+    """Make the finished folder ``tmp`` the output ``out`` (an existing ``out`` is replaced only under ``force``, and
+    is moved aside before ``tmp`` takes its name, so ``out`` is always either the old or the new folder)."""
+    os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+    if out.exists():
+        _prepare_out_dir(out, force)  # re-check: something may have appeared meanwhile
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, trash / "old")
+        os.replace(tmp, out)
+        shutil.rmtree(trash)
+    else:
+        os.replace(tmp, out)
+
+
 def generate(
     out_dir: str | os.PathLike[str], *, scale: str = "default", seed: int = 0, force: bool = False
 ) -> Path:
@@ -247,15 +261,7 @@ def generate(
             "files": {rel: _sha256(tmp / rel) for rel in _all_files(tmp)},
         }
         _dump_json(tmp / "MANIFEST.json", manifest)
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        if out.exists():
-            _prepare_out_dir(out, force)  # re-check: something may have appeared meanwhile
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, out)
+        _move_into_place(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

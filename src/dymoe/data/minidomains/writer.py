@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dymoe.data.minicoin.writer import _all_files, _dump_json, _prepare_out_dir, _sha256, verify
+from dymoe.data.minicoin.writer import (
+    _all_files,
+    _dump_json,
+    _move_into_place,
+    _prepare_out_dir,
+    _sha256,
+    verify,
+)
 from dymoe.data.minidomains.domains import MAKERS
 from dymoe.errors import DymoeError
 
@@ -119,15 +126,7 @@ def generate(out_dir: str | os.PathLike[str], *, scale: str = "small", seed: int
         _dump_json(tmp / "MANIFEST.json", {
             "generator": "dymoe.data.minidomains", "version": GENERATOR_VERSION, "scale": scale, "seed": seed,
             "counts": counts, "files": {rel: _sha256(tmp / rel) for rel in _all_files(tmp)}})
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            _prepare_out_dir(out, force)
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, out)
+        _move_into_place(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
