@@ -62,8 +62,8 @@ class ProjectedIncMoELoRA(IncMoELoRA):
         return {"proj": 1e-2 * (self.owned_modules["proj"](emb) - 1.0).pow(2).mean()}
 
 
-# registered methods that refuse several processes with a clear error (smoe_dsal: not yet multi-process)
-SINGLE_PROCESS = {"smoe_dsal"}
+# registered methods that refuse several processes with a clear error (none at present)
+SINGLE_PROCESS: set[str] = set()
 # every registered method, plus the test methods (registered by main(), in the worker process only)
 CASES: dict[str, list[str]] = {name: [f"method.name={name}"]
                                for name in [*METHODS.names(), ProjectedIncMoELoRA.name, PlannerMethod.name]

@@ -80,8 +80,9 @@ def test_two_processes_train_the_one_process_adapter(runs, case):
     for k, task, atol in ((1, "ScienceQA", 1e-5), (2, "ImageNet", 1e-4)):
         diff = max_abs_diff(one, two, k, task)
         assert diff <= atol, f"{case}: after task {k} the two-process run differs by {diff:.3g}"
-    # and the training moved the weights: the one-process adapter is not the untrained one
-    b = [t for n, t in _tensors(one, 1, "ScienceQA").items() if n.endswith("_B") and t.numel()]
+    # and the training moved the weights: the one-process adapter is not the untrained one (LoRA's B and the FFN
+    # experts' w_down start at zero)
+    b = [t for n, t in _tensors(one, 1, "ScienceQA").items() if n.endswith(("_B", "w_down")) and t.numel()]
     assert b and any(float(t.abs().max()) > 0 for t in b)
 
 

@@ -101,12 +101,6 @@ class SMoEDSAL(Method):
         return dataclasses.replace(config, sites=[site])
 
     def setup(self, model, adapter) -> None:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # two gloo processes crash in the first training step (a collective mismatch / SIGSEGV, not yet found):
-            # refused before anything is written rather than training something one process would not
-            raise ConfigError(f"smoe_dsal runs on one process only in this release ({dist.get_world_size()} were "
-                              "started); launch `dymoe run` without accelerate/torchrun")
         super().setup(model, adapter)
         self.layer_names = [n for n, m in adapter.modules.items() if isinstance(m, MoEFFN)]
         if not self.layer_names or len(self.layer_names) != len(adapter.modules):
@@ -308,6 +302,21 @@ class SMoEDSAL(Method):
             self._events.append(event)
 
     def loss_terms(self, batch: dict, outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
+        """:meth:`_loss_terms`, with the trainable DSAL projector kept in the loss of every micro-step (as DDP
+        requires): the projector is reached by L_DSAL only, and a zero-weight micro-step (routing not recorded: no
+        events) or β = 0 leaves it out of the graph, so that process would skip the gradient all-reduce the others
+        run (two gloo processes crashed in their first step). Then ``dsal`` (β > 0; else ``dsal_idle``) is
+        0 · Σ projector weights: its value and gradient are zero."""
+        recorded = bool(self._events)
+        terms = self._loss_terms(batch, outputs, step)
+        params = [p for n, m in self.owned_modules.items() if n.startswith("proj_") for p in m.parameters()
+                  if p.requires_grad]
+        if params and (not recorded or self.options.beta == 0):
+            key = "dsal" if self.options.beta > 0 else "dsal_idle"
+            terms[key] = terms.get(key, 0.0) + sum(p.sum() for p in params) * 0.0
+        return terms
+
+    def _loss_terms(self, batch: dict, outputs: Any, step: StepInfo) -> dict[str, torch.Tensor]:
         """``dsal`` = β Σ_l L_DSAL, ``balance`` = η Σ_l L_Bal, ``topk`` = w Σ_l L4 of the module being learned
         (smoe-dsal.md §4); the same keys on every step."""
         events, self._events = self._events, []
