@@ -70,6 +70,11 @@ CASES: dict[str, list[str]] = {name: [f"method.name={name}"]
                                if name not in SINGLE_PROCESS}
 # D-MoLE's experts default to the paper's dropout 0.05, whose masks depend on how samples are split over processes
 CASES["dmole"] = ["method.name=dmole", "method.dropout=0.0"]
+# SMoE-DSAL's identification counts are compared too (summed over processes): its main evaluation picks modules by
+# ablation 3's router margins, which differ between modules by far more than the 1e-6 the two-process weights
+# differ by; DSAL values of the tiny random backbone are all ≈ log V, modules apart by ~1e-6 (so a DSAL pick flips
+# with the batch's padding). DSAL selection still runs on both processes, as the ``dsal`` variant.
+CASES["smoe_dsal"] = ["method.name=smoe_dsal", "method.selection=router", "method.variants=[dsal]"]
 CASES["incmoelora+replay"] = ["method.name=incmoelora", "replay.samples_per_task=2"]
 CASES["dymoe+prune"] = ["method.name=dymoe", "method.prune_fraction=0.25"]
 # CoIN's baselines train the real projector (an owned module at its own lr); ScienceQA's text-only samples make

@@ -103,6 +103,28 @@ def test_two_processes_plan_what_one_process_plans(runs):
         assert rows[0] == rows[1] and rows[0]
 
 
+def test_smoe_dsal_identification_counts_are_those_of_one_process(runs):
+    """SMoE-DSAL's identification report (each process scores its own shard of the evaluation, the counts are
+    summed over processes) equals the one-process report: instances, per-(instance, layer) / per-instance /
+    per-layer accuracy, mean activated experts per prompt token; so do the routed tasks written beside the
+    predictions (gathered)."""
+    got = {}
+    for r in ("single", "double"):
+        metrics = json.loads((runs[r] / "smoe_dsal" / "metrics.json").read_text())
+        got[r] = (metrics["method_eval"], metrics["locator"]["main"])
+    (one, loc1), (two, loc2) = got["single"], got["double"]
+    assert [one[f"after_task_{k}"]["dsal"]["instances"] for k in (1, 2)] == [2, 4]  # 2 test questions per task
+    for k in (1, 2):
+        a, b = one[f"after_task_{k}"]["dsal"], two[f"after_task_{k}"]["dsal"]
+        assert a["rule"] == b["rule"] == "router"
+        for key in ("instances", "accuracy_instance_layer", "accuracy_instance", "accuracy_per_layer"):
+            assert b[key] == a[key], (k, key)
+        # equal on this machine; a gate within fp32 noise of its threshold (the two runs' weights differ by ~1e-6)
+        # could flip a token's count elsewhere: one flip moves the mean by 1/298 (149 prompt tokens × 2 layers)
+        assert b["mean_active_experts"] == pytest.approx(a["mean_active_experts"], abs=0.01)
+    assert loc2 == loc1
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

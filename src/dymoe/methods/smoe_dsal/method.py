@@ -82,6 +82,7 @@ class SMoEDSAL(Method):
         self._prompt: torch.Tensor | None = None
         self._picks: dict[int, torch.Tensor] = {}
         self._stats = self._fresh_stats()
+        self._counting = True  # selection passes count activated experts (batch_routing: scored sets only)
 
     @staticmethod
     def _fresh_stats() -> dict:
@@ -162,9 +163,16 @@ class SMoEDSAL(Method):
             k = min(max(k, 0), self.domains - 1)
             picks = torch.full((rows, len(self.layers)), k, dtype=torch.long)
         else:
-            picks = self.select(batch, rule)  # [B, L]
-            if not info.variant and info.task_index >= 0 and info.eval_set is not None:
-                self._score(picks, info.task_index)  # a benchmark set (not the cost / format probes)
+            # a benchmark set of the main evaluation (not a variant, nor the cost / format probes) is scored, and
+            # only its passes count activated experts
+            scored = not info.variant and info.task_index >= 0 and info.eval_set is not None
+            self._counting = scored
+            try:
+                picks = self.select(batch, rule)  # [B, L]
+            finally:
+                self._counting = True
+            if scored:
+                self._score(picks, info.task_index)
         chosen = {id(m): picks[:, li].to(dev) for li, m in enumerate(self.layers)}
         return {"selector": LayerLookup(chosen), "predicted_task": self.majority(picks)}
 
@@ -264,8 +272,10 @@ class SMoEDSAL(Method):
 
     def evaluation_metrics(self) -> dict:
         """DSAL identification accuracy per (instance, layer) and per instance (majority over layers), per layer,
-        and the mean activated experts per prompt token of the selection passes, since the last call."""
+        and the mean activated experts per prompt token of the selection passes, since the last call; summed over
+        the processes of a distributed run (each scored its own shard; every process must call this)."""
         st, self._stats = self._stats, self._fresh_stats()
+        st = self._all_processes(st)
         if not st["instances"]:
             return {}
         mean_active = st["active"] / max(st["tokens"], 1.0)
@@ -280,6 +290,22 @@ class SMoEDSAL(Method):
             "activated_parameters_per_token": rep["activated_per_token"],
         }}
 
+    def _all_processes(self, st: dict) -> dict:
+        """``st`` (:meth:`_fresh_stats`' counts) summed over every process (float64: exact for counts below 2⁵³);
+        itself with one process."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return st
+        keys = ["pairs", "pairs_right", "instances", "instances_right", "active", "tokens"]
+        per = st["per_layer_right"] or [0] * len(self.layers)  # None: this process scored nothing
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        flat = torch.tensor([float(st[k]) for k in keys] + [float(v) for v in per], dtype=torch.float64, device=dev)
+        dist.all_reduce(flat)
+        vals = flat.cpu().tolist()
+        out = {k: (v if k in ("active", "tokens") else int(v)) for k, v in zip(keys, vals)}
+        out["per_layer_right"] = [int(v) for v in vals[len(keys):]]
+        return out
+
     # ------------------------------------------------------------------ losses
     def on_forward_start(self) -> None:
         self._events.clear()
@@ -290,6 +316,8 @@ class SMoEDSAL(Method):
         if id(event.layer) not in self._index:
             return
         if self._mode == "select":
+            if not self._counting:
+                return
             with torch.no_grad():
                 per = (event.weights > 0).float().sum(-1)  # [N]
                 m = event.token_mask
