@@ -298,7 +298,7 @@ class SMoEDSAL(Method):
             return st
         keys = ["pairs", "pairs_right", "instances", "instances_right", "active", "tokens"]
         per = st["per_layer_right"] or [0] * len(self.layers)  # None: this process scored nothing
-        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        dev = torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(dist.get_backend()) else torch.device("cpu")
         flat = torch.tensor([float(st[k]) for k in keys] + [float(v) for v in per], dtype=torch.float64, device=dev)
         dist.all_reduce(flat)
         vals = flat.cpu().tolist()
