@@ -291,18 +291,18 @@ class SMoEDSAL(Method):
         }}
 
     def _all_processes(self, st: dict) -> dict:
-        """``st`` (:meth:`_fresh_stats`' counts) summed over every process (float64: exact for counts below 2⁵³);
-        itself with one process."""
+        """``st`` (:meth:`_fresh_stats`' counts: every number, and ``per_layer_right``) summed over every process
+        (float64: exact for counts below 2⁵³); itself with one process."""
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return st
-        keys = ["pairs", "pairs_right", "instances", "instances_right", "active", "tokens"]
+        keys = sorted(k for k, v in st.items() if isinstance(v, int | float))  # the same keys on every process
         per = st["per_layer_right"] or [0] * len(self.layers)  # None: this process scored nothing
         dev = torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(dist.get_backend()) else torch.device("cpu")
         flat = torch.tensor([float(st[k]) for k in keys] + [float(v) for v in per], dtype=torch.float64, device=dev)
         dist.all_reduce(flat)
         vals = flat.cpu().tolist()
-        out = {k: (v if k in ("active", "tokens") else int(v)) for k, v in zip(keys, vals)}
+        out = {**st, **{k: (v if isinstance(st[k], float) else int(v)) for k, v in zip(keys, vals)}}
         out["per_layer_right"] = [int(v) for v in vals[len(keys):]]
         return out
 
