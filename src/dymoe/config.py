@@ -109,6 +109,49 @@ class TrainingConfig:
 
 
 @dataclass
+class GeneralBenchmark:
+    """One benchmark of the general-ability check after the last task (:mod:`dymoe.runner.general`).
+
+    Attributes:
+        file: a benchmark YAML (every task's evaluation sets with their scorers, formats and generation lengths, as
+            in ``configs/benchmarks/``; ``train`` may be left out) or one test file (``.json`` / ``.jsonl``, rows of
+            ``format``). A relative path is relative to the run config's folder if it exists there.
+        scorer: the scorer of a test file (required for one); for a YAML, None keeps each set's own.
+        format: a test file's format (``coin`` = CoIN's test rows; ``dmole-vqa``, ``dmole-choice``, ...).
+        name: the label in metrics.json and the report (default: the file's stem).
+        image_root: a test file's image folder (default: the file's folder); ignored for a YAML.
+        max_new_tokens: a test file's generation length (None = ``evaluation.max_new_tokens``).
+        max_samples: per evaluation set, a seeded subset of this many questions (None = all).
+        aggregate: the benchmark's number over its tasks: ``mean`` or ``sum`` (MME and POPE report sums).
+    """
+
+    file: str = ""
+    scorer: str | None = None
+    format: str = "coin"
+    name: str | None = None
+    image_root: str | None = None
+    max_new_tokens: int | None = None
+    max_samples: int | None = None
+    aggregate: Literal["mean", "sum"] = "mean"
+
+
+@dataclass
+class GeneralConfig:
+    """The general-ability check after the last task (D-MoLE's Table 3: MME, MMMU, POPE): every evaluation set of
+    ``benchmarks`` is evaluated on the final model (the method's evaluation routing) and, with ``pretrained``, on
+    the pretrained model (every expert layer bypassed, before task 1 trains); the scores go to ``general/*.json``,
+    ``metrics.json`` (``general``) and ``report.md``. Empty = off (the default).
+
+    Attributes:
+        benchmarks: benchmark YAMLs or test files: a path, or a mapping with the keys of :class:`GeneralBenchmark`.
+        pretrained: also evaluate the pretrained model (the comparison row of Table 3).
+    """
+
+    benchmarks: list[str | GeneralBenchmark] = field(default_factory=list)
+    pretrained: bool = True
+
+
+@dataclass
 class EvaluationConfig:
     """Evaluation after each task (see :mod:`dymoe.runner.evaluation`).
 
@@ -123,6 +166,7 @@ class EvaluationConfig:
             MAA/BWT, ``cmoe`` Immediate/Last/BWT, ``dmole`` AVG/Last/BWT, which needs ``tasks: all``), reported in
             ``metrics.json``, ``report.md`` and ``dymoe compare``.
         variants: the method's evaluation variants to run (each with its own matrix); None = every one it declares.
+        general: the general-ability check after the last task (:class:`GeneralConfig`; off by default).
     """
 
     batch_size: int = 16
@@ -133,6 +177,7 @@ class EvaluationConfig:
     tasks: Literal["seen", "all"] = "seen"
     metric: Literal["coin", "cmoe", "dmole"] = "coin"
     variants: list[str] | None = None
+    general: GeneralConfig = field(default_factory=GeneralConfig)
 
 
 @dataclass
@@ -317,6 +362,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         cfg.benchmark.file = _resolve(cfg.benchmark.file, base_dir)
     if cfg.benchmark.data_root:
         cfg.benchmark.data_root = _resolve(cfg.benchmark.data_root, base_dir)
+    general = cfg.evaluation.general
+    general.benchmarks = [GeneralBenchmark(file=b) if isinstance(b, str) else b for b in general.benchmarks]
+    for b in general.benchmarks:
+        b.file = _resolve(b.file, base_dir)
+        if b.image_root:
+            b.image_root = _resolve(b.image_root, base_dir)
     validate(cfg)
     return cfg
 
@@ -344,8 +395,43 @@ def validate(cfg: RunConfig) -> None:
     for task, scorer in cfg.evaluation.scorers.items():
         if scorer not in SCORERS:
             raise ConfigError(f"evaluation.scorers.{task}: unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
+    _check_general(cfg.evaluation.general, SCORERS)
     # the method's name and options are checked by dymoe.methods.build_method (which imports this module), when
     # a run is created: still before anything is written
+
+
+def _check_general(general: GeneralConfig, scorers) -> None:
+    """``evaluation.general``: each entry names an existing file, a test file has a known scorer and format."""
+    from dymoe.data.tasks import EVAL_FORMATS
+
+    labels = []
+    for i, b in enumerate(general.benchmarks):
+        key = f"evaluation.general.benchmarks[{i}]"
+        if not isinstance(b, GeneralBenchmark):
+            b = GeneralBenchmark(file=b)
+        if not b.file:
+            raise ConfigError(f"{key}.file: give a benchmark YAML or a test file (.json / .jsonl)")
+        path = Path(b.file)
+        if not path.is_file():
+            raise ConfigError(f"{key}.file: {b.file} is not a file (a benchmark YAML or a test file)")
+        yaml_file = path.suffix.lower() in (".yaml", ".yml")
+        if not yaml_file and path.suffix.lower() not in (".json", ".jsonl"):
+            raise ConfigError(f"{key}.file: {b.file}: expected a benchmark YAML (.yaml / .yml) or a test file "
+                              "(.json / .jsonl)")
+        if b.scorer is None and not yaml_file:
+            raise ConfigError(f"{key}.scorer: the test file {b.file} needs a scorer; known: {', '.join(scorers)}")
+        if b.scorer is not None and b.scorer not in scorers:
+            raise ConfigError(f"{key}.scorer: unknown scorer {b.scorer!r}; known: {', '.join(scorers)}")
+        if b.format not in EVAL_FORMATS:
+            raise ConfigError(f"{key}.format: unknown format {b.format!r}; known: {', '.join(EVAL_FORMATS)}")
+        for name in ("max_new_tokens", "max_samples"):
+            value = getattr(b, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}.{name} must be >= 1 or null, got {value!r}")
+        labels.append(b.name or path.stem)
+    dups = sorted({n for n in labels if labels.count(n) > 1})
+    if dups:
+        raise ConfigError(f"evaluation.general.benchmarks: the labels {dups} repeat; give each entry its own name")
 
 
 def _check_finite(node: Any, key: str) -> None:

@@ -271,16 +271,16 @@ def _eval_sets(raw: Any, default_root: Path | None, root: Path, where: str) -> l
     return out
 
 
-def _task(raw: Any, idx: int, root: Path, path: Path) -> TaskSpec:
+def _task(raw: Any, idx: int, root: Path, path: Path, eval_only: bool = False) -> TaskSpec:
     where = f"{path}: tasks[{idx}]"
     raw = _keys(raw, _TASK_KEYS, where)
     required = ("name", "train") if "eval" in raw else ("name", "train", "test", "image_root", "scorer")
     for key in required:
-        if key not in raw:
+        if key not in raw and not (eval_only and key == "train"):
             raise ConfigError(f"{where}: missing key {key!r}")
     name = _str(raw["name"], f"{where}.name")
     default_root = root / _str(raw["image_root"], f"{where}.image_root") if "image_root" in raw else None
-    train_files = _train_files(raw["train"], default_root, root, f"{where}.train")
+    train_files = _train_files(raw["train"], default_root, root, f"{where}.train") if "train" in raw else []
     if "eval" in raw:
         clash = sorted({"test", "scorer", "annotations"} & set(raw))
         if clash:
@@ -290,7 +290,10 @@ def _task(raw: Any, idx: int, root: Path, path: Path) -> TaskSpec:
         eval_sets = [EvalSet(name, root / _str(raw["test"], f"{where}.test"), default_root,
                              _scorer(raw["scorer"], f"{where}.scorer"), "coin",
                              _paths(raw.get("annotations"), root, f"{where}.annotations"))]
-    first, es = train_files[0], eval_sets[0]
+    es = eval_sets[0]
+    # an evaluation-only benchmark (the general-ability check) trains nothing: its train entry is the first test set
+    first = train_files[0] if train_files else TrainFile(es.path, es.image_root)
+    train_files = train_files or [first]
     return TaskSpec(
         name=name, train=first.path, test=es.path, image_root=default_root or first.image_root, scorer=es.scorer,
         annotations=es.scorer_annotations, train_files=train_files, eval_sets=eval_sets,
@@ -349,8 +352,11 @@ def load_benchmark(
     data_root: str | Path | None = None,
     order: str | list[str] | None = None,
     instruction_type: str | None = None,
+    eval_only: bool = False,
 ) -> Benchmark:
     """Read a benchmark YAML; keyword arguments override the file's ``data_root``, ``order``, ``instruction_type``.
+
+    ``eval_only``: a benchmark that is only evaluated (``evaluation.general``): a task's ``train`` may be left out.
 
     ``data_root`` given here is taken as is (relative to the working directory); the YAML's own relative
     ``data_root`` is relative to the YAML's directory. ``order`` is a named order or a list of task names (a
@@ -371,7 +377,7 @@ def load_benchmark(
     tasks_raw = raw.get("tasks")
     if not isinstance(tasks_raw, list) or not tasks_raw:
         raise ConfigError(f"{path}: 'tasks' must be a non-empty list")
-    tasks = [_task(t, i, root, path) for i, t in enumerate(tasks_raw)]
+    tasks = [_task(t, i, root, path, eval_only) for i, t in enumerate(tasks_raw)]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: task names repeat: {names}")

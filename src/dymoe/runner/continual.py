@@ -319,6 +319,12 @@ class ContinualRun:
                 check_scorable(es.path, self.test_set(task, es), scorer, self.annotations(task, scorer, es))
             if not self.evaluation_only:
                 _check_train_file(task)
+        # the general-ability check's benchmarks, read and checked like the tasks' test sets (runner.general)
+        self.general = None
+        if cfg.evaluation.general.benchmarks and not self.evaluation_only:
+            from dymoe.runner.general import GeneralCheck
+
+            self.general = GeneralCheck(self)
         self.collator = VLMCollator(self.processor, max_length=cfg.training.max_length)
         self.trainer = TaskTrainer(self.model, self.adapter, self.method, self.collator, cfg.training, acc,
                                    batching=self.batching, step_log=self.dir.root / "train_steps.jsonl")
@@ -418,6 +424,7 @@ class ContinualRun:
             # the log of finished tasks lives in their checkpoints: kept even when a run was killed before it
             # wrote metrics.json (during the evaluation after a task)
             train_log = self.dir.train_log(self.names, done)
+            self._general_pretrained(done)
             written = False
             for k, task in enumerate(self.tasks):
                 info = TaskInfo(index=k, name=task.name, num_tasks=len(self.tasks))
@@ -428,11 +435,13 @@ class ContinualRun:
                         raise DymoeError(f"{self.dir.root}: row {k + 1} of the matrix is missing but later tasks "
                                          "are done")
                     rows.append(self.evaluate_seen(k))
+                    self._general_final(rows)
                     self.write_results(rows, train_log)
                     written = True
             if rows and not written:
                 # nothing left to do: a run killed between writing matrix.json and metrics.json / report.md
-                # gets them now (the same content an uninterrupted run wrote)
+                # gets them now (the same content an uninterrupted run wrote); so does the general-ability check
+                self._general_final(rows)
                 self.write_results(rows, train_log)
             # trackers end here; the process group stays up for the next run in this process (``dymoe reproduce``
             # runs several) and is destroyed at exit (accelerate's end_training would destroy it now)
@@ -443,6 +452,22 @@ class ContinualRun:
             return self._read_metrics()
         finally:
             self.close()
+
+    def _general_pretrained(self, done: int) -> None:
+        """The general-ability check on the pretrained model (``evaluation.general.pretrained``): before task 1
+        trains, every wrapped module bypassed; a run that has it already (resuming) reads it back."""
+        g = self.general
+        if g is None or not g.cfg.pretrained or g.done("pretrained"):
+            return
+        # only a run whose general/pretrained.json was deleted gets here with tasks done: say what was evaluated
+        when = "before task 1" if done == 0 else f"after task {done}, every wrapped module bypassed"
+        g.evaluate("pretrained", when=when)
+
+    def _general_final(self, rows: list) -> None:
+        """The general-ability check on the final model, once the last row of the matrix is evaluated."""
+        g = self.general
+        if g is not None and len(rows) == len(self.tasks) and not g.done("final"):
+            g.evaluate("final", when=f"after task {len(self.tasks)} ({self.names[-1]})")
 
     def train_task(self, k: int, task: TaskSpec, info: TaskInfo) -> dict:
         cfg = self.cfg
@@ -653,6 +678,10 @@ class ContinualRun:
             "cost": {n: train_log[n]["cost"] for n in self.names if "cost" in train_log.get(n, {})},
         }
         metrics.update(self._evaluation_results(rows))
+        if getattr(self, "general", None) is not None:
+            from dymoe.runner.general import read_general
+
+            metrics["general"] = read_general(self.out.root)
         metrics.update(self._format_forgetting(names, rows))
         atomic_write_json(self.out.metrics, metrics)
         self._update_protocol(train_log)

@@ -325,6 +325,37 @@ def _evaluation_sections(run: RunSummary) -> list[str]:
     return lines
 
 
+def _general_section(general: Mapping[str, Any]) -> list[str]:
+    """The general-ability check after the last task (``metrics.json`` ``general``, :mod:`dymoe.runner.general`):
+    per benchmark and task the pretrained model's score, the final model's and the difference."""
+    if not general:
+        return []
+    models = [m for m in ("pretrained", "final") if m in general]
+    lines = ["", "## General ability (benchmarks never trained on)", ""]
+    lines += [f"- {m}: {general[m].get('when', '')}" for m in models]
+    lines += ["", "A task's score is the mean of its sets' headline numbers; a benchmark's the mean or sum of its "
+              "tasks' (its aggregate).", "",
+              "| benchmark | task | " + " | ".join(models) + (" | final − pretrained |" if len(models) == 2 else " |"),
+              "|---|---|" + "---:|" * (len(models) + (len(models) == 2))]
+    first = general[models[0]].get("benchmarks", {})
+    for bench, b in first.items():
+        rows = [(task, [general[m]["benchmarks"].get(bench, {}).get("tasks", {}).get(task) for m in models])
+                for task in b.get("tasks", {})]
+        rows.append((f"**{b.get('aggregate', 'mean')}**",
+                     [general[m]["benchmarks"].get(bench, {}).get("score") for m in models]))
+        for task, vals in rows:
+            diff = ([_fmt(vals[1] - vals[0]) if None not in vals else "n/a"] if len(vals) == 2 else [])
+            lines.append(f"| {_cell(bench)} | {_cell(task)} | " + " | ".join(_fmt(v) for v in vals + [])
+                         + "".join(f" | {d}" for d in diff) + " |")
+    routed = [(bench, task, name, sc["routed"]) for bench, b in general.get("final", {}).get("benchmarks", {}).items()
+              for task, by_set in b.get("sets", {}).items() for name, sc in by_set.items() if sc.get("routed")]
+    if routed:
+        lines += ["", "Questions per routed task (the final model's task locator; none = the pretrained model):", ""]
+        lines += [f"- {bench}/{task}" + (f"/{name}" if name != task else "") + ": "
+                  + ", ".join(f"{t} {n}" for t, n in counts.items()) for bench, task, name, counts in routed]
+    return lines
+
+
 def _dmole_section(method_eval: Mapping[str, Any], tasks: list[str]) -> list[str]:
     """D-MoLE's cumulative architecture (its Fig. 6): the slots each task received, per modality, and how many
     evaluated samples ran with 0 (the pretrained model), 1 or 2 tasks' experts (``method_eval`` ``dmole``)."""
@@ -439,6 +470,7 @@ def render_report(run: RunSummary) -> str:
     lines += _evaluation_sections(run)
     lines += _task_router_section(run.info.get("method_eval") or {})
     lines += _dmole_section(run.info.get("method_eval") or {}, run.tasks)
+    lines += _general_section(run.info.get("general") or {})
     lines += ["", *_cost_and_format_lines(run)]
     lines += ["## Plots", ""]
     lines += [f"- [{name}]({rel})" for name, rel in PLOT_FILES.items()]

@@ -241,7 +241,8 @@ class RunDir:
 
 def _with_new_defaults(old):
     """A stored config with the settings added since it was written (absent from it) at their defaults, so that a
-    run started before a setting existed resumes: ``evaluation.tasks``/``metric``/``variants`` (issue 16)."""
+    run started before a setting existed resumes: ``evaluation.tasks``/``metric``/``variants`` (issue 16),
+    ``evaluation.general`` (issue 19)."""
     if not isinstance(old, dict):
         return old
     from dymoe.config import RunConfig
@@ -256,7 +257,7 @@ def _with_new_defaults(old):
 
 
 # settings added to the config after runs were made with it: absent from an older config.yaml = their default
-_ADDED_SETTINGS = {"evaluation": ("tasks", "metric", "variants")}
+_ADDED_SETTINGS = {"evaluation": ("tasks", "metric", "variants", "general")}
 
 
 def _first_difference(a, b, prefix: str = "") -> str | None:
