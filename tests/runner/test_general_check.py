@@ -157,6 +157,11 @@ def test_report_and_resume(finished, tmp_path, cache_env):
     out, metrics, cfg = finished
     report = (out / "report.md").read_text()
     assert "## General ability" in report and "| mini-general | **sum** |" in report
+    from dymoe.runner.general import general_table
+
+    g = {m: metrics["general"][m]["benchmarks"]["vqa"]["score"] for m in ("pretrained", "final")}
+    assert (f"| lora | vqa | 1 | {g['pretrained']:.2f} | {g['final']:.2f} | {g['final'] - g['pretrained']:.2f} |"
+            in general_table([out]))  # dymoe reproduce's table
     # a run killed after the final model's predictions were written, before its scores: re-scored from disk
     copy = tmp_path / "run"
     shutil.copytree(out, copy)

@@ -40,7 +40,7 @@ from dymoe.io import atomic_write_json, atomic_write_jsonl
 from dymoe.runner.evaluation import COMBINE_RULE, combine, read_predictions
 from dymoe.runner.rundir import _safe
 
-__all__ = ["GENERAL_DIR", "MODELS", "GeneralCheck", "read_general"]
+__all__ = ["GENERAL_DIR", "MODELS", "GeneralCheck", "general_table", "read_general"]
 
 GENERAL_DIR = "general"
 #: the evaluated models, in report order
@@ -189,3 +189,33 @@ def read_general(root: str | Path) -> dict:
                 raise DymoeError(f"{path}: malformed JSON ({err.msg}); delete it to re-score the general-ability "
                                  "check from its predictions") from None
     return out
+
+
+def general_table(run_dirs: list[Path]) -> str:
+    """Markdown for ``dymoe reproduce``: each label's general-ability scores per benchmark (pretrained, final and
+    their difference; mean ± std over the label's runs), from ``metrics.json`` ``general``; empty when no run has
+    the check."""
+    import statistics
+
+    per: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for d in run_dirs:
+        m = json.loads((Path(d) / "metrics.json").read_text())
+        label = m.get("label") or m.get("method")
+        for model, g in (m.get("general") or {}).items():
+            for bench, b in g.get("benchmarks", {}).items():
+                per.setdefault((label, bench), {}).setdefault(model, []).append(float(b["score"]))
+    if not per:
+        return ""
+
+    def cell(vals: list[float]) -> str:
+        if not vals:
+            return "n/a"
+        return f"{vals[0]:.2f}" if len(vals) == 1 else f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+    lines = ["General ability after the last task (evaluation.general; a benchmark's mean or sum over its tasks)", "",
+             "| Method | benchmark | n | pretrained | final | final − pretrained |", "|---|---|---:|---:|---:|---:|"]
+    for (label, bench), models in per.items():
+        pre, fin = models.get("pretrained", []), models.get("final", [])
+        diff = [f - p for f, p in zip(fin, pre)] if len(pre) == len(fin) else []
+        lines.append(f"| {label} | {bench} | {len(fin)} | {cell(pre)} | {cell(fin)} | {cell(diff)} |")
+    return "\n".join(lines) + "\n"

@@ -339,6 +339,11 @@ def reproduce(
     router = task_router_table(run_dirs)
     if router:
         markdown = f"{markdown}\n{router}"
+    from dymoe.runner.general import general_table
+
+    general = general_table(run_dirs)  # evaluation.general (D-MoLE's Table 3), when the runs have it
+    if general:
+        markdown = f"{markdown}\n{general}"
     if budget:
         markdown = f"Budget: {budget}.\n\n{markdown}"
     atomic_write_text(output / f"{stem}.md", markdown)
