@@ -203,3 +203,29 @@ def test_bad_files_are_refused_before_anything_is_written(tmp_path, cache_env):
     with pytest.raises(DataError, match=r"bad\.json"):
         run(cfg, out)
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_dmole_routes_the_general_questions_as_its_evaluation_does(tmp_path, cache_env):
+    """D-MoLE's final model answers the general set with its autoencoder router (each question: up to two tasks'
+    experts, or the pretrained model): the scores and the routed tasks equal the final checkpoint's own routing."""
+    from dymoe.runner.trained import TrainedRun, eval_routing
+
+    _, test_file, images = _general_files(tmp_path)
+    cfg = load_config(SMOKE, [*BASE, "method.name=dmole", "method.proxy_fraction=0.5", "method.ae_epochs=10",
+                              "evaluation.tasks=all", "evaluation.metric=dmole", "evaluation.general.pretrained=false",
+                              f"evaluation.general.benchmarks=[{{file: {test_file}, name: vqa, scorer: vqav2, "
+                              f"image_root: {images}, max_samples: 5}}]"])
+    out = tmp_path / "run"
+    metrics = run(cfg, out)
+    assert set(metrics["general"]) == {"final"}
+    got = metrics["general"]["final"]["benchmarks"]["vqa"]["sets"]["vqa"]["vqa"]
+    assert sum(got["routed"].values()) == 5 and set(got["routed"]) <= {"ImageNet", "GQA", "none"}
+    samples, es = _samples(cfg, "vqa", "vqa", "vqa")
+    trained = TrainedRun(out, device="cpu")
+    with eval_routing(trained.method, trained.adapter) as hook:
+        preds, score = _direct(trained.model, trained.processor, samples, es, cfg, hook)
+    assert got["score"] == score
+    stored = read_jsonl(out / "general" / "final" / "vqa" / "vqa.jsonl")
+    assert [(p["text"], p["routed_task"]) for p in stored] == [(p["text"], p["routed_task"]) for p in preds]
+    assert "Questions per routed task" in (out / "report.md").read_text()
