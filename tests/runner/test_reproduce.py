@@ -174,3 +174,15 @@ def test_task_router_table_averages_the_last_row_over_seeds(tmp_path):
     assert "| Method | n | A | B | mean |" in table
     assert "| + Task Router | 2 | 90.00 ± 14.14 | 60.00 ± 14.14 | 75.00 ± 0.00 |" in table
     assert "LLaVA-DyMoE" not in table and task_router_table([plain]) == ""
+
+
+def test_paper_rows_keep_shared_tasks_and_drop_rows_with_none():
+    """D-MoLE's Table 2 rows (its nine tasks) share no task with mini-CoIN: left out, not printed empty; on its own
+    benchmark the tasks run are kept (and its averages only when every paper task ran)."""
+    from dymoe.runner.reproduce import TABLES, load_plan, paper_rows
+
+    plan = load_plan(TABLES["dmole"])
+    minicoin = ["ScienceQA", "TextVQA", "ImageNet", "GQA", "VizWiz", "Grounding", "VQAv2", "OCRVQA"]
+    assert paper_rows(plan, ["D-MoLE", "Seq-FT", "IncMoELoRA"], minicoin) == {}
+    rows = paper_rows(plan, ["D-MoLE", "Seq-FT"], ["VizWiz-Cap", "SK-VG"])
+    assert rows == {"D-MoLE": {"VizWiz-Cap": 148.77, "SK-VG": 61.60}, "Seq-FT": {"VizWiz-Cap": 52.70, "SK-VG": 21.76}}

@@ -153,7 +153,8 @@ def paper_rows(plan: Plan, labels: list[str], tasks: list[str]) -> dict[str, dic
     when the run covers all of the paper's tasks (otherwise they would describe a different sequence).
 
     The paper's CoIN rows go under the measured ones on any benchmark: on mini-CoIN they are there for the
-    ordering of the methods, not for the absolute numbers."""
+    ordering of the methods, not for the absolute numbers. A row that shares no task with the run (D-MoLE's Table 2
+    on mini-CoIN) is left out rather than printed empty."""
     rows = {}
     for label in labels:
         if label not in plan.paper:
@@ -161,7 +162,9 @@ def paper_rows(plan: Plan, labels: list[str], tasks: list[str]) -> dict[str, dic
         row = plan.paper[label]
         paper_tasks = [k for k in row if k not in ("MFN", "MAA", "BWT", "MFT")]
         keep = set(tasks) | ({"MFN", "MAA", "BWT", "MFT"} if set(paper_tasks) <= set(tasks) else set())
-        rows[label] = {k: v for k, v in row.items() if k in keep}
+        kept = {k: v for k, v in row.items() if k in keep}
+        if kept:  # a paper row with nothing in common with the run (D-MoLE's nine tasks on mini-CoIN) is left out
+            rows[label] = kept
     return rows
 
 
