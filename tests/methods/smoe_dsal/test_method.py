@@ -1,20 +1,29 @@
 """SMoE-DSAL's plugin on the tiny backbone, in process: the layer it builds, k = 0 = the base model exactly, the
 loss terms against the functional math on captured layer inputs, the prefill selection (= the argmin of every
 module's DSAL on each layer's input) reused while decoding (cached generation = uncached), a learned domain's
-module bit-identical after a later domain's training steps, and the paper's parameter counts at 7B."""
+module bit-identical after a later domain's training steps, and the paper's parameter counts at 7B.
+
+Ablation 2 (DSAL → EDI) and "Ours+" (App. D): the pure functions against hand numbers; the planning phase's prototype
+= the mean of the representations computed directly; EDI's pick = the nearest prototype by hand, and right in a
+two-domain case; μ = each module's mean DSAL over its training samples computed directly; Ours+'s module sets and
+layer outputs against the DSAL values and the per-module outputs of each layer computed by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dymoe.config import load_config
 from dymoe.layers.moe_ffn import MoEFFN
 from dymoe.methods.base import BatchInfo, StepInfo, TaskInfo
 from dymoe.methods.smoe_dsal.functional import dsal_loss, expected_embeddings
-from dymoe.methods.smoe_dsal.method import LayerLookup, SMoEDSAL
+from dymoe.methods.smoe_dsal.identify import edi_features, nearest_prototype, plus_modules
+from dymoe.methods.smoe_dsal.method import LayerLookup, SMoEDSAL, _Constant
+from dymoe.runner.planning import Planner
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -56,11 +65,11 @@ def _learn(run, k: int, scale: float = 0.5, seed: int = 0) -> None:
     method.after_task(_info(run, k))
 
 
-def _gen_batch(run, k: int, n: int = 3) -> dict:
+def _gen_batch(run, k: int, n: int = 3, samples: list | None = None) -> dict:
     from dymoe.data.coin import TestSample
     from dymoe.data.collate import build_generation_batch
 
-    samples = run.train_set(run.tasks[k])[:n]
+    samples = run.train_set(run.tasks[k])[:n] if samples is None else samples
     qs = [TestSample(question_id=s.id, image=s.image, prompt=s.turns[0][0], reference={}) for s in samples]
     gen = build_generation_batch(run.processor, qs, max_length=run.cfg.evaluation.max_length)
     return {k: v for k, v in gen.items() if k in GEN_KEYS}
@@ -299,3 +308,173 @@ def test_ablation_options_reach_the_layer_and_the_losses(tmp_path, cache_env):
             m = (s[..., 1:].max(-1).values - s[..., 0]) * am
             margins.append(m.sum(1) / am.sum(1))
         assert torch.equal(torch.stack(margins, 1).argmax(1), picks[:, li])
+
+
+def test_nearest_prototype_and_plus_sets_by_hand():
+    protos = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])
+    z = torch.tensor([[3.0, 1.0], [0.2, 0.5], [-0.1, -5.0], [-2.0, 1.9]])
+    # cosines: row 0 -> (0.95, 0.32, -0.89); row 1 -> (0.37, 0.93, -0.92); row 2 -> (-0.02, -1.0, 0.72);
+    # row 3 -> (-0.72, 0.69, 0.02)
+    assert nearest_prototype(z, protos).tolist() == [0, 1, 2, 1]
+    losses = torch.tensor([[2.0, 3.0, 1.0], [0.5, 0.4, 3.0]])
+    mu = torch.tensor([2.5, 0.45, 0.9])
+    # row 0: primary 2 (1.0); aux: μ0 2.5 > 2.0 yes, μ1 0.45 > 3.0 no, μ2 0.9 > 1.0 no -> {0, 2}
+    # row 1: primary 1 (0.4); aux: 2.5 > 0.5 yes, 0.45 > 0.4 yes, 0.9 > 3.0 no -> {0, 1}
+    assert plus_modules(losses, mu).tolist() == [[True, False, True], [True, True, False]]
+
+
+def _features_by_hand(run, samples):
+    """The EDI representations of ``samples`` in one batch, the experts bypassed (the frozen backbone)."""
+    method, ctx = run.method, run.adapter.context
+    batch = run.trainer.collator(samples)
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    image_sample = batch.get("image_sample")
+    image_sample = image_sample.tolist() if isinstance(image_sample, torch.Tensor) else list(range(len(samples)))
+    cfg = run.model.config
+    run.model.eval()
+    with torch.no_grad(), ctx.use(bypass=True):
+        return edi_features(run.model, method._vision, inputs, image_sample, kind="image_text",
+                            vision_dim=method._vision_dim, image_token_id=cfg.image_token_id,
+                            pad_token_id=cfg.text_config.pad_token_id or 0)
+
+
+def test_edi_prototypes_are_the_mean_representation_and_pick_the_nearest(tmp_path, cache_env):
+    run = _run(tmp_path, "edi")
+    method = run.method
+    assert method.plans and method._vision is not None
+    for k in (0, 1):
+        method.plan(_info(run, k), Planner(run, _info(run, k)))
+        method.before_task(_info(run, k))
+        method.after_task(_info(run, k))
+        want = _features_by_hand(run, run.train_set(run.tasks[k])).mean(0)  # [D]
+        assert method.prototypes[k].shape == want.shape == (method._vision_dim + 64,)
+        torch.testing.assert_close(method.prototypes[k], want, atol=1e-5, rtol=1e-5)
+    assert set(method.plan_state()) == {"edi_prototype"}
+    protos = torch.stack([method.prototypes[0], method.prototypes[1]]).double()
+    want_right = 0
+    for k in (0, 1):
+        gen = _gen_batch(run, k, n=4)
+        info = BatchInfo(phase="eval", task_index=k, task=run.tasks[k].name, eval_set=run.tasks[k].name,
+                         image_sample=list(range(4)))
+        routing = method.batch_routing(gen, BatchInfo(**{**info.__dict__, "variant": "edi"}))
+        picks = torch.stack([routing["selector"].chosen[id(m)] for m in method.layers], 1)  # [B, L]
+        z = _features_by_hand(run, run.train_set(run.tasks[k])[:4]).double()
+        cos = (z / z.norm(dim=1, keepdim=True)) @ (protos / protos.norm(dim=1, keepdim=True)).T  # [B, 2]
+        assert torch.equal(picks, cos.argmax(1)[:, None].expand(4, len(method.layers)))
+        method.batch_routing(gen, info)  # the main (DSAL) evaluation scores EDI beside it
+        want_right += int(picks[:, 0].eq(k).sum())
+    report = method.evaluation_metrics()
+    assert report["edi"] == {"features": "image_text", "instances": 8,
+                             "accuracy_instance": round(100.0 * want_right / 8, 2)}
+    assert report["dsal"]["instances"] == 8
+    state = method.state_dict()
+    fresh = type(method)(method.options)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.prototypes[1], method.prototypes[1]) and fresh.domains == 2
+    # a constructed two-domain case (the random tiny backbone does not tell ScienceQA from ImageNet by itself):
+    # each domain's training data is one question, so the nearest prototype of that question is its own domain's
+    one = [run.train_set(run.tasks[0])[0], run.train_set(run.tasks[1])[0]]
+    for k in (0, 1):
+        info = dataclasses.replace(_info(run, k), train_samples=[one[k]])
+        method.plan(info, Planner(run, info))
+    assert method.edi_pick(_gen_batch(run, 0, n=1, samples=one), [0, 1]).tolist() == [0, 1]
+
+
+def test_mean_dsal_is_the_mean_over_the_training_samples(tmp_path, cache_env):
+    run = _run(tmp_path, "mu")
+    method, model, adapter = run.method, run.model, run.adapter
+    _learn(run, 0, seed=6)
+    samples = run.train_set(run.tasks[0])
+    run.trainer.samples = samples
+    mu = method.measure_mean_dsal(0, run.trainer)  # [L]
+    batch = {k: v for k, v in run.trainer.collator(samples).items() if isinstance(v, torch.Tensor)
+             and k in GEN_KEYS + ("labels",)}
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda mod, args, n=n: seen.__setitem__(n, args[0].detach())) for n in method.layer_names]
+    hooks.append(model.get_submodule("model.language_model.layers.0").register_forward_pre_hook(
+        lambda mod, args, kw: seen.__setitem__("h0", kw.get("hidden_states", args[0] if args else None).detach()),
+        with_kwargs=True))
+    chosen = {id(m): torch.zeros(len(samples), dtype=torch.long) for m in method.layers}
+    model.eval()
+    with torch.no_grad(), adapter.context.use(selector=LayerLookup(chosen)):
+        model(**{k: v for k, v in batch.items() if k != "labels"})
+    for h in hooks:
+        h.remove()
+    prompt = batch["attention_mask"].bool() & (batch["labels"] == -100)
+    w_em = model.get_input_embeddings().weight.detach()
+    e = torch.zeros_like(seen["h0"])
+    e[prompt] = expected_embeddings(seen["h0"][prompt], w_em)[0]
+    proj = method.owned_modules["proj_0"]
+    want = torch.stack([dsal_loss(seen[n], e, prompt, w_em, adapter.modules[n].group_tensors(0), 4, proj.weight[li],
+                                  proj.bias[li]).mean() for li, n in enumerate(method.layer_names)])
+    torch.testing.assert_close(mu, want.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_plus_sets_and_layer_outputs_by_hand(tmp_path, cache_env):
+    run = _run(tmp_path, "plus")
+    method, model, adapter = run.method, run.model, run.adapter
+    _learn(run, 0, seed=1)
+    _learn(run, 1, seed=2)
+    # μ: module 0 auxiliary in layer 0 always and in layer 1 never (DSAL > 0); module 1 the other way round
+    method.mean_dsal = {0: torch.tensor([1e9, 0.0]), 1: torch.tensor([0.0, 1e9])}
+    model.eval()
+    gen = _gen_batch(run, 0, n=3)
+    info = BatchInfo(phase="eval", task_index=0, task="ScienceQA", eval_set="ScienceQA", variant="plus")
+    routing = method.batch_routing(gen, info)
+    picks = torch.stack([routing["selector"].chosen[id(m)] for m in method.layers], 1)  # [B, L]
+    sets = {li: method._mix[id(m)][1].clone() for li, m in enumerate(method.layers)}
+    # the routed forward: every layer's input and output
+    seen: dict[str, torch.Tensor] = {}
+    hooks = []
+    for n in method.layer_names:
+        hooks.append(model.get_submodule(n).register_forward_hook(
+            lambda mod, args, out, n=n: seen.update({n: args[0].detach(), n + ".out": out.detach()})))
+    hooks.append(model.get_submodule("model.language_model.layers.0").register_forward_pre_hook(
+        lambda mod, args, kw: seen.__setitem__("h0", kw.get("hidden_states", args[0] if args else None).detach()),
+        with_kwargs=True))
+    am = gen["attention_mask"]
+    with torch.no_grad(), adapter.context.use(selector=routing["selector"]):
+        model(**gen, position_ids=(am.long().cumsum(-1) - 1).clamp_min(0))
+    for h in hooks:
+        h.remove()
+    mix, method._mix = method._mix, {}  # the per-module outputs below: the layer alone
+    prompt = am.bool()
+    w_em = model.get_input_embeddings().weight.detach()
+    e = torch.zeros_like(seen["h0"])
+    e[prompt] = expected_embeddings(seen["h0"][prompt], w_em)[0]
+    for li, n in enumerate(method.layer_names):
+        layer = adapter.modules[n]
+        losses = torch.stack([dsal_loss(seen[n], e, prompt, w_em, layer.group_tensors(g), 4,
+                                        method.owned_modules[f"proj_{g}"].weight[li],
+                                        method.owned_modules[f"proj_{g}"].bias[li]) for g in (0, 1)], 1)  # [B, 2]
+        assert torch.equal(losses.argmin(1), picks[:, li])
+        want_sets = F.one_hot(losses.argmin(1), 2).bool()
+        want_sets[:, li] = True
+        assert torch.equal(sets[li], want_sets), (li, losses)
+        outs = []
+        for g in (0, 1):
+            adapter.context.start_forward()  # forget the routed forward's cached selections
+            with torch.no_grad(), adapter.context.use(selector=_Constant(g)):
+                outs.append(layer(seen[n]))
+        w = want_sets.float()[:, :, None, None]  # [B, 2, 1, 1]
+        want = (w[:, 0] * outs[0] + w[:, 1] * outs[1]) / w.sum(1)
+        torch.testing.assert_close(seen[n + ".out"], want, atol=1e-6, rtol=1e-6)
+    assert any(bool(v.sum(1).eq(2).any()) for v in sets.values())  # some layer really mixes (not vacuous)
+    method._mix = mix
+    # generation under Ours+: cached = uncached (the sets are fixed at prefill like the selection)
+    outs = {}
+    for cache in (True, False):
+        with torch.no_grad(), adapter.context.use(selector=routing["selector"]):
+            outs[cache] = model.generate(**gen, max_new_tokens=4, do_sample=False, use_cache=cache, min_new_tokens=4)
+    assert torch.equal(outs[True], outs[False])
+
+
+def test_plus_needs_the_mean_dsal():
+    from dymoe.errors import ConfigError
+    from dymoe.methods import build_method
+
+    with pytest.raises(ConfigError, match="mean_dsal_fraction"):
+        build_method({"name": "smoe_dsal", "variants": ["plus"], "mean_dsal_fraction": 0})
+    with pytest.raises(ConfigError, match="edi_features"):
+        build_method({"name": "smoe_dsal", "edi_features": "clip"})

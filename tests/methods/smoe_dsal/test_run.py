@@ -51,13 +51,17 @@ def finished(tmp_path_factory, dymoe_cache):
 
 def test_modules_per_domain_and_frozen_ones_unchanged(finished):
     ck = finished / "checkpoints"
-    first = load_file(str(next(ck.glob("task_1_*")) / "adapter.safetensors"))
-    last = load_file(str(next(ck.glob("task_3_*")) / "adapter.safetensors"))
+    first = load_file(str(ck / "task_1_Medicine" / "adapter.safetensors"))
+    last = load_file(str(ck / "task_3_Math" / "adapter.safetensors"))
     key = next(k for k in first if k.endswith("layers.0.mlp.frozen_w_gate"))
     assert first[key].shape[0] == 4 * 8 and last[key].shape[0] == 3 * 4 * 8  # 4 experts of width 8 per domain
     assert (last[key][:32] == first[key]).all()  # Medicine's experts untouched by Chart and Math
-    method = load_file(str(next(ck.glob("task_3_*")) / "method_state.safetensors"))
+    method = load_file(str(ck / "task_3_Math" / "method_state.safetensors"))
     assert int(method["domains"][0]) == 3 and {"module.proj_0.weight", "module.proj_2.weight"} <= set(method)
+    # EDI's prototypes (planning phase, also in the plan folder) and Ours+'s mean DSAL per layer, saved with the run
+    assert method["edi_prototype.2"].shape == method["edi_prototype.0"].shape and method["mean_dsal.2"].shape == (2,)
+    plan = load_file(str(ck / "task_3_Math.plan" / "plan_state.safetensors"))
+    assert (plan["edi_prototype"] == method["edi_prototype.2"]).all()
 
 
 def test_dsal_report_matches_the_routed_tasks(finished):
@@ -73,6 +77,8 @@ def test_dsal_report_matches_the_routed_tasks(finished):
     assert rep["accuracy_instance"] == pytest.approx(round(100.0 * right / len(routed), 2))
     assert 0.0 <= rep["mean_active_experts"] <= 4.0 and len(rep["accuracy_per_layer"]) == 2
     assert main["locator"]["tasks"] == ["Medicine", "Chart", "Math"]
+    edi = main["method_eval"]["edi"]  # EDI's identification beside DSAL's, on the same questions
+    assert edi["instances"] == rep["instances"] and 0.0 <= edi["accuracy_instance"] <= 100.0
     oracle = scores["variants"]["oracle"]
     assert oracle["locator"]["accuracy"] == {"Medicine": 100.0, "Chart": 100.0, "Math": 100.0}
     assert (finished / "variants" / "oracle" / "matrix.json").is_file()

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from dymoe.errors import ConfigError
 from dymoe.methods.smoe_dsal.functional import BALANCE_FREQUENCIES
+from dymoe.methods.smoe_dsal.identify import EDI_FEATURES
 
 #: how each layer's domain module is chosen at evaluation (smoe-dsal.md §3, §5)
-SELECTIONS = ("dsal", "router", "oracle", "last")
+SELECTIONS = ("dsal", "router", "edi", "plus", "oracle", "last")
 ROUTERS = ("at", "topk")
 BALANCE_TOKENS = ("all", "prompt")
 
@@ -37,9 +38,21 @@ class SMoEDSALOptions:
         dsal_detach_input: stop L2's gradient at the layer input (A9): false (earlier layers' modules get it).
         selection: the module choice at evaluation: ``dsal`` (Eq. 4, per layer and instance at prefill),
             ``router`` (ablation 3's rule: per layer the module maximising the prompt mean of max_n s_n − α),
-            ``oracle`` (the test set's own domain at every layer), ``last`` (the newest module).
+            ``edi`` (ablation 2: the nearest domain prototype of the backbone's image/text representation picks
+            the module of every layer; train it with ``beta: 0``, "experts trained without L2"), ``plus``
+            ("Ours+", App. D: per layer the DSAL argmin plus every module whose DSAL on the input is below its mean
+            DSAL on its own training data, their outputs averaged), ``oracle`` (the test set's own domain at every
+            layer), ``last`` (the newest module).
         variants: extra evaluations with their own matrices, each a selection rule (e.g. ``[oracle]``: the
             single-domain upper bound of the same modules).
+        edi_features: EDI's representation [P] (:mod:`.identify`): ``image_text`` (the vision tower's and the
+            language model's pooled features, each L2-normalised, concatenated; the paper uses CLIP's image and
+            text encoders) or ``image`` (the vision tower alone). The domain prototypes are always computed (a
+            feature pass of the frozen backbone over each domain's training data, in its planning phase) and
+            EDI's identification accuracy is reported beside the selection's at every evaluation.
+        mean_dsal_fraction: share of each domain's training samples over which its modules' mean DSAL ``μ`` is
+            measured after its training (what ``plus`` compares against): 1 = all (the paper), 0 = not measured
+            (then ``plus`` is refused).
     """
 
     num_experts: int = 4
@@ -59,10 +72,12 @@ class SMoEDSALOptions:
     dsal_detach_input: bool = False
     selection: str = "dsal"
     variants: list[str] = field(default_factory=lambda: ["oracle"])
+    edi_features: str = "image_text"
+    mean_dsal_fraction: float = 1.0
 
     def __post_init__(self):
         choices = {"router": ROUTERS, "balance_frequency": BALANCE_FREQUENCIES, "balance_tokens": BALANCE_TOKENS,
-                   "selection": SELECTIONS}
+                   "selection": SELECTIONS, "edi_features": EDI_FEATURES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"method.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
@@ -79,5 +94,10 @@ class SMoEDSALOptions:
         for key in ("beta", "eta", "topk_weight"):
             if float(getattr(self, key)) < 0:
                 raise ConfigError(f"method.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= float(self.mean_dsal_fraction) <= 1:
+            raise ConfigError(f"method.mean_dsal_fraction must be in [0, 1], got {self.mean_dsal_fraction}")
+        if float(self.mean_dsal_fraction) == 0 and "plus" in [self.selection, *self.variants]:
+            raise ConfigError("method.selection/variants 'plus' compares against each module's mean DSAL on its "
+                              "training data: method.mean_dsal_fraction must be > 0")
         if self.soft_label_temperature <= 0:
             raise ConfigError(f"method.soft_label_temperature must be > 0, got {self.soft_label_temperature}")

@@ -22,12 +22,22 @@ module chosen, so deeper layers see the chosen modules' outputs). The choices ar
 fixed per-layer lookup: set once at prefill, reused at every decoding step. The instance's predicted domain (the
 majority over layers) goes to the runner's locator report; the per-(instance, layer) accuracy, the mean activated
 experts per prompt token and the activated parameters are in :meth:`SMoEDSAL.evaluation_metrics`.
-Other selection rules (``router``, ``oracle``, ``last``) serve the ablations and the variants.
+Other selection rules (``router``, ``edi``, ``plus``, ``oracle``, ``last``) serve the ablations and the variants:
+
+- ``edi`` (ablation 2, :mod:`.identify`): each domain's planning phase averages the frozen backbone's image/text
+  representation of its training samples into a prototype (method state, saved with the run); at evaluation the
+  nearest prototype picks the module of every layer. EDI's identification accuracy is reported beside the
+  selection's at every evaluation, whatever the rule;
+- ``plus`` ("Ours+", App. D): after each domain's training, its modules' mean DSAL over its training samples
+  (``μ``, per layer) is measured; at evaluation each layer runs the DSAL argmin and every module whose DSAL on the
+  input is below its ``μ``, and outputs their mean (a forward hook on the layer, fixed at prefill like the
+  selection).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from typing import Any
 
@@ -35,11 +45,13 @@ import torch
 import torch.nn as nn
 
 from dymoe.errors import ConfigError, DymoeError
+from dymoe.injection.targets import vision_tower_scope
 from dymoe.layers.context import RoutingEvent
 from dymoe.layers.moe_ffn import MoEFFN
 from dymoe.methods.base import BatchInfo, Method, StepInfo, TaskInfo
 from dymoe.methods.smoe_dsal.config import SMoEDSALOptions
 from dymoe.methods.smoe_dsal.functional import balance_loss, dsal_loss, expected_embeddings, topk_loss
+from dymoe.methods.smoe_dsal.identify import edi_features, nearest_prototype, plus_modules
 
 
 class DSALProjectors(nn.Module):
@@ -63,6 +75,16 @@ class LayerLookup:
         return self.chosen[id(layer)].to(x.device)
 
 
+class _Constant:
+    """A selector that puts every sample of a layer on one group (Ours+'s per-module outputs)."""
+
+    def __init__(self, group: int):
+        self.group = group
+
+    def __call__(self, layer: nn.Module, x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        return torch.full((x.shape[0],), self.group, dtype=torch.long, device=x.device)
+
+
 class SMoEDSAL(Method):
     name = "smoe_dsal"
     Options = SMoEDSALOptions
@@ -83,11 +105,19 @@ class SMoEDSAL(Method):
         self._picks: dict[int, torch.Tensor] = {}
         self._stats = self._fresh_stats()
         self._counting = True  # selection passes count activated experts (batch_routing: scored sets only)
+        self.prototypes: dict[int, torch.Tensor] = {}  # EDI: domain -> [D] mean representation of its training data
+        self.mean_dsal: dict[int, torch.Tensor] = {}  # Ours+: domain -> [L] μ, its modules' mean DSAL on its data
+        self._vision: nn.Module | None = None
+        self._vision_dim = 0
+        self._mix: dict[int, tuple[list[int], torch.Tensor]] = {}  # Ours+: id(layer) -> (groups, [B, G] bool sets)
+        self._mixing = False
+        self._measured: dict[int, torch.Tensor] = {}
+        self._measure_group = -1
 
     @staticmethod
     def _fresh_stats() -> dict:
         return {"pairs": 0, "pairs_right": 0, "instances": 0, "instances_right": 0, "active": 0.0, "tokens": 0.0,
-                "per_layer_right": None}
+                "per_layer_right": None, "edi_instances": 0, "edi_right": 0, "plus_modules": 0, "plus_pairs": 0}
 
     # ------------------------------------------------------------------ layer
     def configure_adapter(self, config):
@@ -108,6 +138,14 @@ class SMoEDSAL(Method):
             raise DymoeError("smoe_dsal: every expert layer must be an FFN expert layer (MoEFFN)")
         self.layers = [adapter.modules[n] for n in self.layer_names]
         self._index = {id(m): k for k, m in enumerate(self.layers)}
+        for layer in self.layers:
+            layer.register_forward_hook(self._mix_hook)  # Ours+ (a no-op unless ``plus`` set module sets)
+        try:  # EDI's image half: the backbone's own vision tower (CLIP's image encoder in LLaVA)
+            self._vision = model.get_submodule(vision_tower_scope(model))
+        except ConfigError:
+            self._vision = None
+        vc = getattr(model.config, "vision_config", None)
+        self._vision_dim = int(getattr(vc, "hidden_size", 0) or 0) if self._vision is not None else 0
         # H⁽⁰⁾: the input of the decoder layer holding the first FFN (the LM's input sequence, image rows included)
         first = model.get_submodule(self.layer_names[0].rsplit(".", 1)[0])
         first.register_forward_pre_hook(self._keep_h0, with_kwargs=True)
@@ -148,9 +186,107 @@ class SMoEDSAL(Method):
         self._projectors(task.index).requires_grad_(False)
         self.domains = task.index + 1
         self._events.clear()
+        if trainer is not None and self.options.mean_dsal_fraction > 0:
+            self.mean_dsal[task.index] = self.measure_mean_dsal(task.index, trainer)
+
+    # ------------------------------------------------------------------ EDI prototypes (planning phase)
+    def plan(self, task: TaskInfo, planner) -> None:
+        """EDI's prototype of ``task``'s domain: the mean of the frozen backbone's representation of its training
+        samples (:func:`~.identify.edi_features`; one feature pass, every expert bypassed)."""
+        feats = planner.features(lambda batch, info: self.edi_representation(batch, info.image_sample))  # [N, D]
+        self.prototypes[task.index] = feats.mean(0)
+        planner.log["edi"] = {"samples": int(feats.shape[0]), "dim": int(feats.shape[1]),
+                              "features": self.options.edi_features}
+
+    def plan_state(self) -> dict[str, torch.Tensor]:
+        k = max(self.prototypes) if self.prototypes else None
+        return {} if k is None else {"edi_prototype": self.prototypes[k].contiguous()}
+
+    def load_plan_state(self, state: dict[str, torch.Tensor], task: TaskInfo) -> None:
+        if "edi_prototype" in state:
+            self.prototypes[task.index] = state["edi_prototype"].float()
+
+    @torch.no_grad()
+    def edi_representation(self, batch: dict, image_sample: list[int]) -> torch.Tensor:
+        """``[B, D]`` EDI's representation of a batch by the frozen backbone (every expert layer bypassed)."""
+        ctx, cfg = self.adapter.context, self.model.config
+        pad = getattr(getattr(cfg, "text_config", cfg), "pad_token_id", None)
+        image_token = next((getattr(cfg, k) for k in ("image_token_id", "image_token_index")
+                            if isinstance(getattr(cfg, k, None), int)), None)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with ctx.isolated():
+                ctx.bypass, ctx.recording, ctx.group_mask, ctx.selector = True, False, None, None
+                return edi_features(self.model, self._vision, batch, image_sample, kind=self.options.edi_features,
+                                    vision_dim=self._vision_dim, image_token_id=image_token,
+                                    pad_token_id=pad if isinstance(pad, int) else 0).float()
+        finally:
+            self.model.train(was_training)
+
+    def edi_pick(self, batch: dict, image_sample: list[int]) -> torch.Tensor:
+        """``[B]`` the learned domain of the nearest prototype (ablation 2's identifier)."""
+        missing = [k for k in range(self.domains) if k not in self.prototypes]
+        if missing:
+            raise DymoeError(f"smoe_dsal: no EDI prototype for domains {missing} (a run made before prototypes were "
+                             "computed); train again to use selection 'edi'")
+        protos = torch.stack([self.prototypes[k] for k in range(self.domains)])  # [G, D]
+        return nearest_prototype(self.edi_representation(batch, image_sample), protos).cpu()
+
+    # ------------------------------------------------------------------ Ours+ (App. D)
+    @torch.no_grad()
+    def measure_mean_dsal(self, group: int, trainer: Any) -> torch.Tensor:
+        """``[L]`` μ of module ``group``: its mean DSAL per layer over (a share ``mean_dsal_fraction`` of) its
+        domain's training samples, every layer routed through it as in training (prompt tokens only)."""
+        n = len(trainer.samples)
+        bs = trainer.cfg.batch_size
+        batches = max(1, math.ceil(n * self.options.mean_dsal_fraction / bs))
+        total, count = torch.zeros(len(self.layers), dtype=torch.float64), 0
+        for batch in trainer.iter_batches(batches, batch_size=bs, seed=group):
+            prompt = batch["attention_mask"].bool() & (batch["labels"] == -100)
+            self._measure_group, self._measured = group, {}
+            try:
+                self.select(batch, "measure", prompt=prompt)
+                total += torch.stack([self._measured[li].double().sum().cpu() for li in range(len(self.layers))])
+            finally:
+                self._measure_group, self._measured = -1, {}
+            count += int(batch["input_ids"].shape[0])
+        return (total / max(count, 1)).float()
+
+    def _mix_hook(self, layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        """Ours+: the layer's output replaced by the mean of ``ȟ`` over each sample's module set (samples with one
+        module keep the layer's own output)."""
+        entry = self._mix.get(id(layer)) if self._mix else None
+        ctx = self.adapter.context
+        if entry is None or self._mixing or ctx.bypass:
+            return None
+        groups, sets = entry  # [B, G]
+        x = args[0]
+        if sets.shape[0] != x.shape[0]:
+            raise DymoeError(f"smoe_dsal (plus): module sets for {sets.shape[0]} samples, the layer sees {x.shape[0]}")
+        size = sets.sum(1)  # [B]
+        if not bool((size > 1).any()):
+            return None
+        view = (-1,) + (1,) * (output.dim() - 1)
+        total = torch.zeros(output.shape, dtype=torch.float32, device=output.device)
+        self._mixing = True
+        try:
+            with ctx.isolated():
+                ctx.recording, ctx.group_mask = False, None
+                for c, g in enumerate(groups):
+                    if not bool(sets[:, c].any()):
+                        continue
+                    # the layer's cached choice (prefill or decoding step alike): group g for every sample
+                    ctx.selections = {id(layer): torch.full((x.shape[0],), g, dtype=torch.long, device=x.device)}
+                    total += sets[:, c].to(torch.float32).view(view) * layer(x).float()  # [B, T, d]
+        finally:
+            self._mixing = False
+        mixed = (total / size.to(torch.float32).view(view)).to(output.dtype)
+        return torch.where((size > 1).view(view), mixed, output)
 
     # ------------------------------------------------------------------ routing
     def batch_routing(self, batch: dict, info: BatchInfo) -> dict | None:
+        self._mix = {}
         if info.phase == "train":
             return {"capture_inputs": True}  # the module being learned routes every layer (its trainable group)
         if info.phase != "eval" or not self.domains:
@@ -158,21 +294,32 @@ class SMoEDSAL(Method):
         rule = info.variant or self.options.selection
         rows = batch["input_ids"].shape[0]
         dev = batch["input_ids"].device
+        scored = not info.variant and info.task_index >= 0 and info.eval_set is not None  # a benchmark set
+        edi = None
+        if rule == "edi" or (scored and all(k in self.prototypes for k in range(self.domains))):
+            edi = self.edi_pick(batch, info.image_sample)  # [B]
+            if scored:
+                self._stats["edi_instances"] += rows
+                self._stats["edi_right"] += int((edi == info.task_index).sum())
         if rule in ("oracle", "last"):
             k = info.task_index if rule == "oracle" else self.domains - 1
             k = min(max(k, 0), self.domains - 1)
             picks = torch.full((rows, len(self.layers)), k, dtype=torch.long)
+        elif rule == "edi":
+            picks = edi[:, None].expand(rows, len(self.layers)).clone()
         else:
             # a benchmark set of the main evaluation (not a variant, nor the cost / format probes) is scored, and
             # only its passes count activated experts
-            scored = not info.variant and info.task_index >= 0 and info.eval_set is not None
             self._counting = scored
             try:
-                picks = self.select(batch, rule)  # [B, L]
+                picks = self.select(batch, rule)  # [B, L]; ``plus`` also leaves the module sets in ``self._mix``
             finally:
                 self._counting = True
             if scored:
                 self._score(picks, info.task_index)
+            if rule == "plus" and scored:
+                self._stats["plus_modules"] += sum(int(sets.sum()) for _, sets in self._mix.values())
+                self._stats["plus_pairs"] += rows * len(self._mix)
         chosen = {id(m): picks[:, li].to(dev) for li, m in enumerate(self.layers)}
         return {"selector": LayerLookup(chosen), "predicted_task": self.majority(picks)}
 
@@ -183,16 +330,21 @@ class SMoEDSAL(Method):
         return counts.argmax(-1)
 
     @torch.no_grad()
-    def select(self, batch: dict, rule: str = "dsal") -> torch.Tensor:
+    def select(self, batch: dict, rule: str = "dsal", prompt: torch.Tensor | None = None) -> torch.Tensor:
         """The module of every layer per sample, ``[B, L]`` group ids, from one prefill pass over the prompt
-        (left padded: position ids count real tokens, as generation's prefill does). ``rule``: ``dsal`` (Eq. 4) or
-        ``router`` (ablation 3)."""
+        (left padded: position ids count real tokens, as generation's prefill does). ``rule``: ``dsal`` (Eq. 4),
+        ``router`` (ablation 3), ``plus`` (Ours+: the DSAL argmin, and each layer's module set kept in
+        ``self._mix`` and applied in this pass already) or ``measure`` (every layer on ``self._measure_group``, its
+        per-sample DSAL kept in ``self._measured``). ``prompt`` ``[B, T]``: the DSAL tokens (default: every real
+        token of the batch)."""
         ctx = self.adapter.context
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         am = inputs["attention_mask"]
         inputs["position_ids"] = (am.long().cumsum(-1) - 1).clamp_min(0)
         self._picks, self._rule = {}, rule
-        self._prompt = am.bool()
+        self._prompt = am.bool() if prompt is None else prompt.bool()
+        if rule == "plus":
+            self._mix = {}
         was_training = self.model.training
         self.model.eval()
         with ctx.isolated():
@@ -226,10 +378,23 @@ class SMoEDSAL(Method):
     def _select_layer(self, layer: nn.Module, x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
         li = self._index[id(layer)]
         groups = [g for g in layer.groups if g < self.domains]
-        mask = self._prompt if token_mask is None else token_mask
-        if self._rule == "dsal":
+        mask = self._prompt if token_mask is None or self._rule == "measure" else token_mask
+        if self._rule == "measure":
+            g = self._measure_group
+            self._measured[li] = self.module_losses(layer, x, mask, groups=[g])[:, 0]  # [B]
+            chosen = torch.full((x.shape[0],), g, dtype=torch.long, device=x.device)
+            self._picks[li] = chosen
+            return chosen
+        if self._rule in ("dsal", "plus"):
             scores = self.module_losses(layer, x, mask)  # [B, G]
             pick = scores.argmin(-1)
+            if self._rule == "plus":
+                missing = [g for g in groups if g not in self.mean_dsal]
+                if missing:
+                    raise DymoeError(f"smoe_dsal: no mean DSAL for domains {missing} (measured after each domain's "
+                                     "training with method.mean_dsal_fraction > 0); selection 'plus' needs it")
+                mu = torch.stack([self.mean_dsal[g][li] for g in groups]).to(scores.device)  # [G]
+                self._mix[id(layer)] = (groups, plus_modules(scores, mu))
         else:
             scores = torch.stack([self.router_margin(layer, g, x, mask) for g in groups], dim=1)  # [B, G]
             pick = scores.argmax(-1)
@@ -237,12 +402,14 @@ class SMoEDSAL(Method):
         self._picks[li] = chosen
         return chosen
 
-    def module_losses(self, layer: MoEFFN, x: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, G]`` L_DSAL^{(l,i)} of every learned module ``i`` of ``layer`` on its input ``x [B, T, d]``."""
+    def module_losses(self, layer: MoEFFN, x: torch.Tensor, prompt_mask: torch.Tensor,
+                      groups: list[int] | None = None) -> torch.Tensor:
+        """``[B, G]`` L_DSAL^{(l,i)} of every learned module ``i`` of ``layer`` (or of ``groups``) on its input
+        ``x [B, T, d]``."""
         li = self._index[id(layer)]
         e_bar = self._soft_labels(x)
         out = []
-        for g in [g for g in layer.groups if g < self.domains]:
+        for g in [g for g in layer.groups if g < self.domains] if groups is None else groups:
             proj = self._projectors(g)
             out.append(dsal_loss(x, e_bar, prompt_mask, self._w_em(), layer.group_tensors(g), self.options.num_experts,
                                  proj.weight[li], proj.bias[li], chunk=self.options.dsal_chunk))
@@ -276,11 +443,14 @@ class SMoEDSAL(Method):
         the processes of a distributed run (each scored its own shard; every process must call this)."""
         st, self._stats = self._stats, self._fresh_stats()
         st = self._all_processes(st)
-        if not st["instances"]:
+        if not st["instances"] and not st["edi_instances"]:
             return {}
+        if not st["instances"]:  # selection ``edi`` (or oracle/last): EDI's accuracy only
+            return {"edi": {"features": self.options.edi_features, "instances": st["edi_instances"],
+                            "accuracy_instance": round(100.0 * st["edi_right"] / st["edi_instances"], 2)}}
         mean_active = st["active"] / max(st["tokens"], 1.0)
         rep = self.adapter.parameter_report({n: mean_active for n in self.layer_names})
-        return {"dsal": {
+        out = {"dsal": {
             "rule": self.options.selection,
             "accuracy_instance_layer": round(100.0 * st["pairs_right"] / st["pairs"], 2),
             "accuracy_instance": round(100.0 * st["instances_right"] / st["instances"], 2),
@@ -289,6 +459,12 @@ class SMoEDSAL(Method):
             "mean_active_experts": round(mean_active, 4),
             "activated_parameters_per_token": rep["activated_per_token"],
         }}
+        if st["plus_pairs"]:
+            out["dsal"]["plus_mean_modules"] = round(st["plus_modules"] / st["plus_pairs"], 4)
+        if st["edi_instances"]:
+            out["edi"] = {"features": self.options.edi_features, "instances": st["edi_instances"],
+                          "accuracy_instance": round(100.0 * st["edi_right"] / st["edi_instances"], 2)}
+        return out
 
     def _all_processes(self, st: dict) -> dict:
         """``st`` (:meth:`_fresh_stats`' counts: every number, and ``per_layer_right``) summed over every process
@@ -398,10 +574,19 @@ class SMoEDSAL(Method):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"domains": torch.tensor([self.domains], dtype=torch.long)}
+        """The domains learned, EDI's prototypes ``edi_prototype.<k>`` ``[D]`` and Ours+'s ``mean_dsal.<k>``
+        ``[L]``."""
+        out = {"domains": torch.tensor([self.domains], dtype=torch.long)}
+        out.update({f"edi_prototype.{k}": v.contiguous() for k, v in sorted(self.prototypes.items())})
+        out.update({f"mean_dsal.{k}": v.contiguous() for k, v in sorted(self.mean_dsal.items())})
+        return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.domains = int(state["domains"][0]) if "domains" in state else 0
+        for key, value in state.items():
+            head, _, k = key.partition(".")
+            if head in ("edi_prototype", "mean_dsal") and k.isdigit():
+                (self.prototypes if head == "edi_prototype" else self.mean_dsal)[int(k)] = value.float()
         if self.layers:
             for k in range(self.domains):
                 self._projectors(k)
