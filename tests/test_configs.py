@@ -15,7 +15,8 @@ RUN_KEYS = set(RunConfig.__dataclass_fields__)
 ALL_YAML = sorted(p for p in (ROOT / "configs").rglob("*.yaml"))
 #: the system whose paper table each reproduce plan reproduces (a new plan must be listed here)
 PLAN_SYSTEMS = {"main-table.yaml": "LLaVA-DyMoE", "ablation.yaml": "LLaVA-DyMoE", "task-router.yaml": "LLaVA-DyMoE",
-                "cmoe-main-table.yaml": "LLaVA-CMoE", "dmole.yaml": "D-MoLE", "smoe-dsal.yaml": "SMoE-DSAL"}
+                "cmoe-main-table.yaml": "LLaVA-CMoE", "dmole.yaml": "D-MoLE", "smoe-dsal.yaml": "SMoE-DSAL",
+                "smoe-dsal-single.yaml": "SMoE-DSAL (single-domain)", "smoe-dsal-multi.yaml": "SMoE-DSAL (multi-domain)"}
 
 
 def test_there_are_configs():

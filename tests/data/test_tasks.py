@@ -91,3 +91,19 @@ def test_invalid_yaml(tmp_path, text, match):
     (tmp_path / "b.yaml").write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_benchmark(tmp_path / "b.yaml")
+
+
+def test_a_joint_task_trains_every_file_and_evaluates_every_set(tmp_path):
+    """``A+B`` in an order: one task with both tasks' training files and evaluation sets (each with its own image
+    root and scorer): SMoE-DSAL's multi-domain setting."""
+    bench = load_benchmark(COIN_YAML, data_root=tmp_path, order=["ScienceQA+ImageNet", "GQA"])
+    joint, gqa = bench.tasks
+    sqa, imagenet = (load_benchmark(COIN_YAML, data_root=tmp_path).task(n) for n in ("ScienceQA", "ImageNet"))
+    assert joint.name == "ScienceQA+ImageNet" and gqa.name == "GQA"
+    assert joint.train_files == sqa.train_files + imagenet.train_files
+    assert joint.eval_sets == sqa.eval_sets + imagenet.eval_sets
+    assert [e.scorer for e in joint.eval_sets] == ["sqa", "imagenet"] and joint.train == sqa.train
+    with pytest.raises(ConfigError, match="unknown task 'Nope'"):
+        load_benchmark(COIN_YAML, data_root=tmp_path, order=["ScienceQA+Nope"])
+    with pytest.raises(ConfigError, match="two evaluation sets of one name"):
+        load_benchmark(COIN_YAML, data_root=tmp_path, order=["ScienceQA+ScienceQA"])

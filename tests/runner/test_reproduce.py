@@ -186,3 +186,40 @@ def test_paper_rows_keep_shared_tasks_and_drop_rows_with_none():
     assert paper_rows(plan, ["D-MoLE", "Seq-FT", "IncMoELoRA"], minicoin) == {}
     rows = paper_rows(plan, ["D-MoLE", "Seq-FT"], ["VizWiz-Cap", "SK-VG"])
     assert rows == {"D-MoLE": {"VizWiz-Cap": 148.77, "SK-VG": 61.60}, "Seq-FT": {"VizWiz-Cap": 52.70, "SK-VG": 21.76}}
+
+
+def test_smoe_dsal_single_and_multi_domain_plans(tmp_path):
+    """Table 2's settings of SMoE-DSAL: the single-domain plan runs every row once per domain, that domain alone
+    (its own folder), and its table joins the runs (means over seeds by hand); the multi-domain plan trains one joint
+    task at 3x the per-domain budget. Every row's config loads."""
+    from dymoe.config import load_config
+    from dymoe.methods import build_method
+    from dymoe.runner.reproduce import TABLES, load_plan, per_task_table, plan_rows
+
+    single = load_plan(TABLES["smoe-dsal-single"])
+    rows = plan_rows(single, "minidomains", None)
+    assert [(r.label, r.folder) for r in rows[:3]] == [
+        ("LoRA (single-domain)", f"LoRA_single-domain_/{t}") for t in ("Medicine", "Chart", "Math")]
+    assert len(rows) == 4 * 3 and rows[4].overrides[-1] == "benchmark.order=[Chart]"
+    multi = plan_rows(load_plan(TABLES["smoe-dsal-multi"]), "minidomains", None)
+    for row in rows + multi:
+        cfg = load_config(single.base["minidomains"], [*row.overrides, "backbone.path=tiny:test"])
+        method = build_method(cfg.method)
+        if "(multi-domain)" in row.label:
+            assert cfg.benchmark.order == ["Medicine+Chart+Math"]
+            assert (cfg.adapter.expert_rank == 57) if method.name == "lora" else method.options.num_experts == 12
+        else:
+            assert cfg.benchmark.order == [row.folder.split("/")[-1]]
+    dense = build_method(load_config(single.base["minidomains"], rows[3].overrides).method)
+    assert (dense.options.router, dense.options.router_top_k) == ("topk", 4)
+    dirs = []
+    for label, task, seed, value in (("A", "Medicine", 0, 10.0), ("A", "Medicine", 1, 20.0), ("A", "Chart", 0, 4.0),
+                                     ("A", "Math", 0, 6.0), ("B", "Medicine", 0, 1.0)):
+        d = tmp_path / label / task / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"label": label, "final": {task: value}}))
+        dirs.append(d)
+    markdown, csv_text = per_task_table(dirs, ["Medicine", "Chart", "Math"])
+    assert "| A | 15.00 ± 5.00 | 4.00 | 6.00 | 8.33 |" in markdown  # mean of 15, 4, 6
+    assert "| B | 1.00 |  |  |  |" in markdown
+    assert csv_text.splitlines()[1] == "A,15.00,4.00,6.00,8.33"

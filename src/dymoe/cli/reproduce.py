@@ -1,15 +1,19 @@
-"""``dymoe reproduce main-table|ablation|task-router|cmoe-main-table|smoe-dsal``: a paper table (DyMoE's main
-table of eight methods, its component ablation IncMoELoRA → +L_aux → +TAG → +L_exc → +L_spe, its task-router table,
-LLaVA-CMoE's Table 1 with Immediate and Last rows, or SMoE-DSAL's continual-learning table), mean ± std over seeds; the main tables under the baselines' own papers'
-settings (``--budget paper``) or one shared budget (``--budget equal``)."""
+"""``dymoe reproduce main-table|ablation|task-router|cmoe-main-table|dmole|smoe-dsal|smoe-dsal-single|smoe-dsal-multi``:
+a paper table (DyMoE's main table of eight methods, its component ablation IncMoELoRA → +L_aux → +TAG → +L_exc →
++L_spe, its task-router table, LLaVA-CMoE's Table 1 with Immediate and Last rows, D-MoLE's table, SMoE-DSAL's
+continual-learning table with its ablations, and its Table 2 single-domain and multi-domain settings), mean ± std
+over seeds; the main tables under the baselines' own papers' settings (``--budget paper``) or one shared budget
+(``--budget equal``)."""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
     p = sub.add_parser("reproduce",
-                       help="reproduce a paper table (main-table, ablation, task-router, cmoe-main-table, dmole, smoe-dsal)")
-    p.add_argument("table", choices=["main-table", "ablation", "task-router", "cmoe-main-table", "dmole", "smoe-dsal"])
+                       help="reproduce a paper table (main-table, ablation, task-router, cmoe-main-table, dmole, smoe-dsal, "
+                            "smoe-dsal-single, smoe-dsal-multi)")
+    p.add_argument("table", choices=["main-table", "ablation", "task-router", "cmoe-main-table", "dmole", "smoe-dsal",
+                                     "smoe-dsal-single", "smoe-dsal-multi"])
     p.add_argument("--benchmark", default=None,
                    help="minicoin (this machine) or coin (a GPU cluster); dmole: minicoin or dmole9; smoe-dsal: minidomains or smoe3 "
                         "(default: minicoin, or the plan's first base: minidomains for smoe-dsal)")
@@ -31,7 +35,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from dymoe.runner.reproduce import reproduce
 
-    output = args.output or ("runs/smoe-dsal" if args.table == "smoe-dsal" else "runs/main-table")
+    output = args.output or ("runs/smoe-dsal" if args.table.startswith("smoe-dsal") else "runs/main-table")
     reproduce(
         output, benchmark=args.benchmark, seeds=args.seeds, backbone=args.backbone,
         methods=args.methods.split(",") if args.methods else None, overrides=args.overrides,

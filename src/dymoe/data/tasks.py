@@ -5,7 +5,7 @@ Schema (see ``configs/benchmarks/coin.yaml``)::
     name: coin
     instruction_type: origin        # origin | diverse | 10type
     data_root: null                 # null → give it (--data-root); relative → relative to this YAML's directory
-    order: origin                   # a key of `orders` or an explicit list of task names
+    order: origin                   # a key of `orders` or an explicit list of task names ("A+B": one joint task)
     orders: {origin: [...], reverse: [...], alphabet: [...]}   # optional
     tasks:
       - {name, train, test, image_root, scorer, annotations: {key: path}}   # paths relative to data_root
@@ -331,6 +331,29 @@ def _check_folder_names(names: list[str], path: Path) -> None:
                               f"({safe_filename(other)!r} / {folder!r}, compared ignoring case); rename one of them")
 
 
+#: joins task names into one **joint task** in an order (``[Medicine+Chart+Math]``: all their data at once)
+JOINT = "+"
+
+
+def joint_task(tasks: list[TaskSpec], where: str) -> TaskSpec:
+    """One task trained on every training file of ``tasks`` at once and evaluated on all their evaluation sets
+    (the multi-domain setting of SMoE-DSAL's Table 2; its cell is the mean of the sets' headlines, as any task's).
+    Each file and set keeps its own image root and scorer."""
+    sets = [es for t in tasks for es in t.eval_sets]
+    names = [es.name for es in sets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: the joint task {JOINT.join(t.name for t in tasks)!r} would hold two evaluation "
+                          f"sets of one name: {names}")
+    epochs = {t.epochs for t in tasks}
+    if len(epochs) > 1:
+        raise ConfigError(f"{where}: the tasks of {JOINT.join(t.name for t in tasks)!r} have different epochs "
+                          f"{sorted(epochs, key=str)}; a joint task trains them together")
+    first = tasks[0]
+    return TaskSpec(name=JOINT.join(t.name for t in tasks), train=first.train, test=first.test,
+                    image_root=first.image_root, scorer=first.scorer, annotations=dict(first.annotations),
+                    train_files=[f for t in tasks for f in t.train_files], eval_sets=sets, epochs=epochs.pop())
+
+
 def _order(order: Any, orders: dict[str, list[str]], names: list[str], where: str) -> list[str]:
     if isinstance(order, str):
         if order not in orders:
@@ -339,8 +362,10 @@ def _order(order: Any, orders: dict[str, list[str]], names: list[str], where: st
     if not isinstance(order, (list, tuple)) or not order:
         raise ConfigError(f"{where}: expected an order name or a non-empty list of task names")
     for name in order:
-        if name not in names:
-            raise ConfigError(f"{where}: unknown task {name!r} in the order; tasks: {names}")
+        parts = [name] if name in names else str(name).split(JOINT)
+        for part in parts:
+            if part not in names:
+                raise ConfigError(f"{where}: unknown task {part!r} in the order; tasks: {names}")
     if len(set(order)) != len(order):
         raise ConfigError(f"{where}: the order repeats a task: {list(order)}")
     return list(order)
@@ -390,6 +415,9 @@ def load_benchmark(
         orders[str(key)] = _order(value, {}, names, f"{path}: orders.{key}")
     chosen = _order(order if order is not None else raw.get("order", "origin"), orders, names, f"{path}: order")
     by_name = {t.name: t for t in tasks}
+    for n in chosen:
+        if n not in by_name:
+            by_name[n] = joint_task([by_name[p] for p in n.split(JOINT)], f"{path}: order")
     itype = instruction_type if instruction_type is not None else raw.get("instruction_type", "origin")
     return Benchmark(
         name=str(raw.get("name") or path.stem),

@@ -39,8 +39,9 @@ PLAN_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
 TABLES = {"main-table": PLAN_DIR / "main-table.yaml", "ablation": PLAN_DIR / "ablation.yaml",
           "task-router": PLAN_DIR / "task-router.yaml", "cmoe-main-table": PLAN_DIR / "cmoe-main-table.yaml",
           "dmole": PLAN_DIR / "dmole.yaml",
-          "smoe-dsal": PLAN_DIR / "smoe-dsal.yaml"}
-LAYOUTS = ("final", "immediate-last")
+          "smoe-dsal": PLAN_DIR / "smoe-dsal.yaml", "smoe-dsal-single": PLAN_DIR / "smoe-dsal-single.yaml",
+          "smoe-dsal-multi": PLAN_DIR / "smoe-dsal-multi.yaml"}
+LAYOUTS = ("final", "immediate-last", "per-task")
 DEFAULT_PLAN = TABLES["main-table"]
 
 
@@ -48,8 +49,10 @@ DEFAULT_PLAN = TABLES["main-table"]
 class Plan:
     """A reproduction plan: ``base[benchmark]`` config path, ``methods`` [(label, overrides)], ``paper`` rows, and
     optional budgets: ``budgets[budget][benchmark][label]`` = extra overrides of that row under that budget, and
-    ``default_budget[benchmark]`` (a plan without budgets runs every row as given); ``layout`` (:data:`LAYOUTS`);
-    ``configs[label][benchmark]``: a row's own config files (base first, then layers)."""
+    ``default_budget[benchmark]`` (a plan without budgets runs every row as given); ``layout`` (:data:`LAYOUTS`;
+    ``per-task``: every row runs once per task of ``tasks``, that task alone from the base, and the table joins
+    the runs: SMoE-DSAL's single-domain setting); ``configs[label][benchmark]``: a row's own config files (base
+    first, then layers)."""
 
     base: dict[str, Path]
     methods: list[tuple[str, list[str]]]
@@ -58,6 +61,7 @@ class Plan:
     default_budget: dict[str, str] = field(default_factory=dict)
     layout: str = "final"
     configs: dict[str, dict[str, list[Path]]] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,8 +121,11 @@ def load_plan(path: str | Path = DEFAULT_PLAN) -> Plan:
     layout = str(raw.get("layout", "final"))
     if layout not in LAYOUTS:
         raise ConfigError(f"{path}: layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    tasks = raw.get("tasks") or []
+    if (layout == "per-task") != bool(tasks) or not all(isinstance(t, str) and t for t in tasks):
+        raise ConfigError(f"{path}: 'tasks' (a list of task names) goes with layout per-task, and only with it")
     return Plan(base=base, methods=methods, paper=raw.get("paper") or {}, budgets=budgets, default_budget=default,
-                layout=layout, configs=configs)
+                layout=layout, configs=configs, tasks=[str(t) for t in tasks])
 
 
 def resolve_budget(plan: Plan, benchmark: str, budget: str | None) -> str | None:
@@ -145,7 +152,39 @@ def plan_rows(plan: Plan, benchmark: str, budget: str | None) -> list[Row]:
         files = plan.configs.get(label, {}).get(benchmark)
         layers = layer_overrides(files[1:]) if files else []
         rows.append(Row(label, [*layers, *sets, *more], folder, files[0] if files else None))
+    if plan.layout == "per-task":  # each row once per task, that task alone: OUT/<label>/<task>/seed<k>
+        rows = [Row(r.label, [*r.overrides, f"benchmark.order=[{t}]"], f"{r.folder}/{run_dir_name(t)}", r.base)
+                for r in rows for t in plan.tasks]
     return rows
+
+
+def per_task_table(run_dirs: list[Path], tasks: list[str]) -> tuple[str, str]:
+    """The ``per-task`` layout's table: one row per label, one column per task, each cell the mean ± std over
+    seeds of the run that trained that task alone (its final cell), and their Mean. Markdown and CSV."""
+    cells: dict[str, dict[str, list[float]]] = {}
+    for d in run_dirs:
+        metrics = json.loads((d / "metrics.json").read_text())
+        for task, value in metrics["final"].items():
+            cells.setdefault(metrics.get("label") or d.parent.parent.name, {}).setdefault(task, []).append(value)
+
+    def cell(vals: list[float]) -> str:
+        if not vals:
+            return ""
+        mean = sum(vals) / len(vals)
+        std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
+        return f"{mean:.2f}" + (f" ± {std:.2f}" if len(vals) > 1 else "")
+
+    head = ["method", *tasks, "Mean"]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    csv = [",".join(head)]
+    for label, per in cells.items():
+        means = [sum(per[t]) / len(per[t]) for t in tasks if per.get(t)]
+        row = [cell(per.get(t, [])) for t in tasks] + [f"{sum(means) / len(means):.2f}" if len(means) == len(tasks)
+                                                        else ""]
+        md.append("| " + " | ".join([label, *row]) + " |")
+        csv.append(",".join([label, *(c.split(" ")[0] for c in row)]))
+    note = "\n\nEach task trained alone from the base model (its run's final cell); mean ± std over seeds.\n"
+    return "\n".join(md) + note, "\n".join(csv) + "\n"
 
 
 def paper_rows(plan: Plan, labels: list[str], tasks: list[str]) -> dict[str, dict[str, float]]:
@@ -334,6 +373,8 @@ def reproduce(
     tasks = json.loads((run_dirs[0] / "matrix.json").read_text())["tasks"]
     if plan.layout == "immediate-last":
         markdown, csv_text = immediate_last_table(run_dirs, plan.paper)
+    elif plan.layout == "per-task":
+        markdown, csv_text = per_task_table(run_dirs, plan.tasks)
     else:
         reference = paper_rows(plan, [r.label for r in chosen], tasks)
         # methods of one table differ in their adapter layout (and, under the paper budget, in their recipe) by
@@ -351,7 +392,8 @@ def reproduce(
         markdown = f"Budget: {budget}.\n\n{markdown}"
     atomic_write_text(output / f"{stem}.md", markdown)
     atomic_write_text(output / f"{stem}.csv", csv_text)
-    plot_radar(mean_final_accuracy(run_dirs), output / f"{stem}_radar.png", title=f"final accuracy ({benchmark})")
+    if plan.layout != "per-task":  # the runs of a per-task table hold one task each
+        plot_radar(mean_final_accuracy(run_dirs), output / f"{stem}_radar.png", title=f"final accuracy ({benchmark})")
     summary = {"table": table, "benchmark": benchmark, "budget": budget, "seeds": seeds,
                "methods": [r.label for r in chosen], "overrides": {r.label: r.overrides for r in chosen},
                "wall_seconds": round(time.perf_counter() - t0, 1), "per_run_seconds": wall}

@@ -24,6 +24,8 @@ class SMoEDSALOptions:
             miniature's 16 at d = 64 keeps d'/d = 1/32 as 128/4096).
         router: ``at`` (the AT-Router) or ``topk`` (ablation 1, "w/o AT-Router": a standard top-1 softmax router,
             ``out = FFN + g · E_top1``).
+        router_top_k: experts per token of the ``topk`` router: 1 (ablation 1 and Table 2's SMoE row); ``N_e``
+            gives Table 2's dense DMoE row (every expert, softmax-weighted).
         router_hidden: the router MLP's hidden width (Linear(d, h) → SiLU → Linear(h, N_e + 1)): 16 [P].
         scale_by_count: Eq. 11's ``(1 + k_t)`` factor (ablation 5 turns it off): true.
         projector_dim: d_p of DSAL's projector P^{(l,i)} (Linear(d, d_p)): 32 [P] (fits Table 3's 208M).
@@ -58,6 +60,7 @@ class SMoEDSALOptions:
     num_experts: int = 4
     expert_width: int = 128
     router: str = "at"
+    router_top_k: int = 1
     router_hidden: int = 16
     scale_by_count: bool = True
     projector_dim: int = 32
@@ -86,6 +89,9 @@ class SMoEDSALOptions:
             raise ConfigError(f"method.variants: {bad} are not selection rules; allowed: {list(SELECTIONS)}")
         if self.selection in self.variants:
             raise ConfigError(f"method.variants repeats the main selection {self.selection!r}")
+        if not 1 <= int(self.router_top_k) <= int(self.num_experts):
+            raise ConfigError(f"method.router_top_k must be in [1, num_experts = {self.num_experts}], got "
+                              f"{self.router_top_k}")
         for key in ("num_experts", "expert_width", "projector_dim", "dsal_chunk"):
             if isinstance(getattr(self, key), bool) or int(getattr(self, key)) < 1:
                 raise ConfigError(f"method.{key} must be >= 1, got {getattr(self, key)}")

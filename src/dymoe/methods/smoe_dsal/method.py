@@ -128,7 +128,7 @@ class SMoEDSAL(Method):
         o = self.options
         site = {"name": "smoe", "kind": "mlp", "targets": ["mlp"], "experts_per_group": o.num_experts,
                 "expert_width": o.expert_width, "router": o.router, "router_hidden": o.router_hidden,
-                "top_k": 1, "temperature": 1.0, "dropout": 0.0, "scale_by_count": o.scale_by_count}
+                "top_k": o.router_top_k, "temperature": 1.0, "dropout": 0.0, "scale_by_count": o.scale_by_count}
         return dataclasses.replace(config, sites=[site])
 
     def setup(self, model, adapter) -> None:
