@@ -461,6 +461,9 @@ def test_plus_sets_and_layer_outputs_by_hand(tmp_path, cache_env):
         want = (w[:, 0] * outs[0] + w[:, 1] * outs[1]) / w.sum(1)
         torch.testing.assert_close(seen[n + ".out"], want, atol=1e-6, rtol=1e-6)
     assert any(bool(v.sum(1).eq(2).any()) for v in sets.values())  # some layer really mixes (not vacuous)
+    sizes = torch.stack([v.sum(1) for v in sets.values()]).double()  # [L, B] modules per (layer, instance)
+    assert method.evaluation_metrics() == {"plus": {"mean_modules": round(float(sizes.mean()), 4),
+                                                    "pairs": sizes.numel()}}
     method._mix = mix
     # generation under Ours+: cached = uncached (the sets are fixed at prefill like the selection)
     outs = {}

@@ -317,7 +317,7 @@ class SMoEDSAL(Method):
                 self._counting = True
             if scored:
                 self._score(picks, info.task_index)
-            if rule == "plus" and scored:
+            if rule == "plus" and info.task_index >= 0 and info.eval_set is not None:  # main or variant
                 self._stats["plus_modules"] += sum(int(sets.sum()) for _, sets in self._mix.values())
                 self._stats["plus_pairs"] += rows * len(self._mix)
         chosen = {id(m): picks[:, li].to(dev) for li, m in enumerate(self.layers)}
@@ -443,8 +443,10 @@ class SMoEDSAL(Method):
         the processes of a distributed run (each scored its own shard; every process must call this)."""
         st, self._stats = self._stats, self._fresh_stats()
         st = self._all_processes(st)
+        plus = {"plus": {"mean_modules": round(st["plus_modules"] / st["plus_pairs"], 4),
+                         "pairs": st["plus_pairs"]}} if st["plus_pairs"] else {}
         if not st["instances"] and not st["edi_instances"]:
-            return {}
+            return plus  # a ``plus`` variant: the mean number of modules averaged per (instance, layer)
         if not st["instances"]:  # selection ``edi`` (or oracle/last): EDI's accuracy only
             return {"edi": {"features": self.options.edi_features, "instances": st["edi_instances"],
                             "accuracy_instance": round(100.0 * st["edi_right"] / st["edi_instances"], 2)}}
@@ -459,8 +461,7 @@ class SMoEDSAL(Method):
             "mean_active_experts": round(mean_active, 4),
             "activated_parameters_per_token": rep["activated_per_token"],
         }}
-        if st["plus_pairs"]:
-            out["dsal"]["plus_mean_modules"] = round(st["plus_modules"] / st["plus_pairs"], 4)
+        out.update(plus)
         if st["edi_instances"]:
             out["edi"] = {"features": self.options.edi_features, "instances": st["edi_instances"],
                           "accuracy_instance": round(100.0 * st["edi_right"] / st["edi_instances"], 2)}
