@@ -22,7 +22,7 @@ from dymoe.layers.moe_ffn import MoEFFN
 from dymoe.methods.base import BatchInfo, StepInfo, TaskInfo
 from dymoe.methods.smoe_dsal.functional import dsal_loss, expected_embeddings
 from dymoe.methods.smoe_dsal.identify import edi_features, nearest_prototype, plus_modules
-from dymoe.methods.smoe_dsal.method import LayerLookup, SMoEDSAL, _Constant
+from dymoe.methods.smoe_dsal.method import LayerLookup, SMoEDSAL
 from dymoe.runner.planning import Planner
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -455,7 +455,8 @@ def test_plus_sets_and_layer_outputs_by_hand(tmp_path, cache_env):
         outs = []
         for g in (0, 1):
             adapter.context.start_forward()  # forget the routed forward's cached selections
-            with torch.no_grad(), adapter.context.use(selector=_Constant(g)):
+            every = LayerLookup({id(layer): torch.full((seen[n].shape[0],), g, dtype=torch.long)})
+            with torch.no_grad(), adapter.context.use(selector=every):
                 outs.append(layer(seen[n]))
         w = want_sets.float()[:, :, None, None]  # [B, 2, 1, 1]
         want = (w[:, 0] * outs[0] + w[:, 1] * outs[1]) / w.sum(1)

@@ -75,16 +75,6 @@ class LayerLookup:
         return self.chosen[id(layer)].to(x.device)
 
 
-class _Constant:
-    """A selector that puts every sample of a layer on one group (Ours+'s per-module outputs)."""
-
-    def __init__(self, group: int):
-        self.group = group
-
-    def __call__(self, layer: nn.Module, x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
-        return torch.full((x.shape[0],), self.group, dtype=torch.long, device=x.device)
-
-
 class SMoEDSAL(Method):
     name = "smoe_dsal"
     Options = SMoEDSALOptions
