@@ -9,7 +9,7 @@ every layer. What the paper leaves open, and what dymoe does ([P], options of ``
   backbone has no CLIP text encoder, so the text half is the language model's last hidden state over the text-only
   prompt (``method.edi_features: image_text``, the default) or left out (``image``: the vision tower alone);
 - the pooling: the max over the vision tower's last hidden state (a sample's images: their max) and the masked max
-  over the prompt's text tokens, the features D-MoLE's router uses (:mod:`dymoe.methods.dmole.features`);
+  over the prompt's text tokens, the features D-MoLE's router uses (:mod:`dymoe.models.pooled`);
 - the fusion and distance: each half L2-normalised, concatenated; nearest prototype by cosine similarity.
 
 The prototypes come from the frozen backbone only, so they do not depend on what the modules learned: they are
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dymoe.methods.dmole.features import text_pooled, vision_pooled
+from dymoe.models.pooled import text_pooled, vision_pooled
 
 EDI_FEATURES = ("image_text", "image")
 

@@ -234,12 +234,14 @@ class SMoEDSAL(Method):
         total, count = torch.zeros(len(self.layers), dtype=torch.float64), 0
         for batch in trainer.iter_batches(batches, batch_size=bs, seed=group):
             prompt = batch["attention_mask"].bool() & (batch["labels"] == -100)
-            self._measure_group, self._measured = group, {}
+            # a measuring pass is not an evaluation: it counts no activated experts (every process measures the
+            # whole domain, so counting it would also make the all-reduced count depend on the process count)
+            self._measure_group, self._measured, self._counting = group, {}, False
             try:
                 self.select(batch, "measure", prompt=prompt)
                 total += torch.stack([self._measured[li].double().sum().cpu() for li in range(len(self.layers))])
             finally:
-                self._measure_group, self._measured = -1, {}
+                self._measure_group, self._measured, self._counting = -1, {}, True
             count += int(batch["input_ids"].shape[0])
         return (total / max(count, 1)).float()
 
