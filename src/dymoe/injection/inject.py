@@ -73,7 +73,9 @@ def _forward_start(context: RoutingContext, image_token_id: int | None, vision: 
     return hook
 
 
-def _image_token_id(model: nn.Module) -> int | None:
+def image_token_id(model: nn.Module) -> int | None:
+    """The image placeholder token id of ``model.config`` (``image_token_id`` or ``image_token_index``); None for a
+    model without one."""
     cfg = getattr(model, "config", None)
     for key in ("image_token_id", "image_token_index"):
         value = getattr(cfg, key, None)
@@ -186,7 +188,7 @@ def inject(model: nn.Module, config: AdapterConfig | None = None) -> ExpertAdapt
             modules[name] = wrapped
             site_of[name] = site.name
     vision = any(s.stream == "vision" for s in sites)
-    model.register_forward_pre_hook(_forward_start(context, _image_token_id(model), vision), with_kwargs=True)
+    model.register_forward_pre_hook(_forward_start(context, image_token_id(model), vision), with_kwargs=True)
     adapter = ExpertAdapter(model, modules, context, config, site_of)
     model._dymoe_adapter = adapter
     return adapter

@@ -14,6 +14,16 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from dymoe.injection.inject import image_token_id
+
+
+def prompt_token_ids(model: nn.Module) -> tuple[int, int | None]:
+    """``(pad_token_id, image_token_id)`` of ``model.config`` as :func:`text_pooled` and :func:`vision_pooled` take
+    them: the (text) config's pad id, 0 when unset, and the image placeholder id or None."""
+    cfg = model.config
+    pad = getattr(getattr(cfg, "text_config", cfg), "pad_token_id", None)
+    return (pad if isinstance(pad, int) else 0), image_token_id(model)
+
 
 class _VisionCaptured(Exception):
     """Raised by the vision tower's hook once its output is captured: the rest of the forward is not needed."""

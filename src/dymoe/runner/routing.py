@@ -141,11 +141,11 @@ class EvalRouting:
         the images *before* the model's forward (``mm_encoder_outputs``), where the injection pre-hook cannot map
         them, so experts in the vision tower would meet a stale map in a batch mixing samples with and without
         images."""
-        from dymoe.injection.inject import _image_token_id, image_rows
+        from dymoe.injection.inject import image_rows, image_token_id
 
         model, pv = getattr(self.method, "model", None), inputs.get("pixel_values")
         if model is None or not isinstance(pv, torch.Tensor) or "input_ids" not in inputs:
             return
-        token = _image_token_id(model)
+        token = image_token_id(model)
         if token is not None:
             self.ctx.image_rows = image_rows(inputs["input_ids"], pv.shape[0], token)

@@ -44,6 +44,7 @@ from dymoe.methods.dmole.router import (
     train_autoencoder,
     train_gates,
 )
+from dymoe.models.pooled import prompt_token_ids
 
 
 def slot_of(name: str, qkv: list[str], out: list[str]) -> str:
@@ -147,10 +148,7 @@ class DMoLE(Method):
     def _features(self, batch: dict, image_sample: list[int]) -> torch.Tensor:
         """``z [B, d]`` of a batch with every expert bypassed (the pretrained backbone)."""
         ctx = self.adapter.context
-        cfg = self.model.config
-        pad = getattr(getattr(cfg, "text_config", cfg), "pad_token_id", None)
-        image_token = next((getattr(cfg, k) for k in ("image_token_id", "image_token_index")
-                            if isinstance(getattr(cfg, k, None), int)), None)
+        pad, image_token = prompt_token_ids(self.model)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -158,7 +156,7 @@ class DMoLE(Method):
                 ctx.bypass, ctx.recording = True, False
                 ctx.group_mask = None
                 z = router_feature(self.model, self._vision, batch, image_sample, vision_dim=self.vision_dim,
-                                   image_token_id=image_token, pad_token_id=pad if isinstance(pad, int) else 0,
+                                   image_token_id=image_token, pad_token_id=pad,
                                    normalize=self.options.normalize_features)
         finally:
             self.model.train(was_training)

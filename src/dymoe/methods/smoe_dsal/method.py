@@ -52,6 +52,7 @@ from dymoe.methods.base import BatchInfo, Method, StepInfo, TaskInfo
 from dymoe.methods.smoe_dsal.config import SMoEDSALOptions
 from dymoe.methods.smoe_dsal.functional import balance_loss, dsal_loss, expected_embeddings, topk_loss
 from dymoe.methods.smoe_dsal.identify import edi_features, nearest_prototype, plus_modules
+from dymoe.models.pooled import prompt_token_ids
 
 
 class DSALProjectors(nn.Module):
@@ -199,10 +200,8 @@ class SMoEDSAL(Method):
     @torch.no_grad()
     def edi_representation(self, batch: dict, image_sample: list[int]) -> torch.Tensor:
         """``[B, D]`` EDI's representation of a batch by the frozen backbone (every expert layer bypassed)."""
-        ctx, cfg = self.adapter.context, self.model.config
-        pad = getattr(getattr(cfg, "text_config", cfg), "pad_token_id", None)
-        image_token = next((getattr(cfg, k) for k in ("image_token_id", "image_token_index")
-                            if isinstance(getattr(cfg, k, None), int)), None)
+        ctx = self.adapter.context
+        pad, image_token = prompt_token_ids(self.model)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -210,7 +209,7 @@ class SMoEDSAL(Method):
                 ctx.bypass, ctx.recording, ctx.group_mask, ctx.selector = True, False, None, None
                 return edi_features(self.model, self._vision, batch, image_sample, kind=self.options.edi_features,
                                     vision_dim=self._vision_dim, image_token_id=image_token,
-                                    pad_token_id=pad if isinstance(pad, int) else 0).float()
+                                    pad_token_id=pad).float()
         finally:
             self.model.train(was_training)
 

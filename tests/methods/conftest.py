@@ -1,3 +1,5 @@
+"""Fixtures of the method packages' tests (cmoe, dmole, smoe_dsal): one empty dymoe cache per session."""
+
 from __future__ import annotations
 
 import pytest
