@@ -65,6 +65,33 @@ def test_micro_batches_are_the_same_for_any_number_of_processes():
     assert micro_batches(gb, 2, 3, 4) == [[6, 7], None]  # a zero-weight step where the micro-batches run out
 
 
+def test_a_shared_pass_gives_each_batch_to_one_process():
+    """``iter_batches(shard=True)`` (SMoE-DSAL's mean-DSAL pass): process r of P gets batches r, r + P, ... of the
+    one-process order, so the P shares are that order's batches, each once; without ``shard`` every process gets
+    every batch."""
+    from types import SimpleNamespace
+
+    from dymoe.runner.trainer import TaskTrainer
+
+    def trainer(rank: int, world: int) -> TaskTrainer:
+        t = TaskTrainer.__new__(TaskTrainer)
+        t.samples, t.cfg = list(range(23)), SimpleNamespace(batch_size=4)
+        t.acc = SimpleNamespace(process_index=rank, num_processes=world, device=torch.device("cpu"))
+        t.collator = lambda rows: {"ids": torch.tensor(rows)}
+        return t
+
+    def ids(it) -> list[list[int]]:
+        return [b["ids"].tolist() for b in it]
+
+    one = ids(trainer(0, 1).iter_batches(5, seed=3))
+    assert [len(b) for b in one] == [4] * 5 and len({i for b in one for i in b}) == 20  # 5 batches, no repeat
+    assert ids(trainer(0, 1).iter_batches(5, seed=3, shard=True)) == one
+    for world in (2, 3, 8):
+        shares = [ids(trainer(r, world).iter_batches(5, seed=3, shard=True)) for r in range(world)]
+        assert shares == [one[r::world] for r in range(world)]
+        assert ids(trainer(world - 1, world).iter_batches(5, seed=3)) == one
+
+
 def test_plan_counts_the_partial_last_global_batch_as_a_step():
     plan = plan_batches([1] * 10, 4, 1.0, seed=0, group_by_length=False)
     assert [len(b) for b in plan] == [4, 4, 2] and sorted(i for b in plan for i in b) == list(range(10))

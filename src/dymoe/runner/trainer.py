@@ -255,16 +255,21 @@ class TaskTrainer:
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def iter_batches(self, n: int, batch_size: int | None = None, seed: int = 0) -> Iterator[dict]:
-        """Up to ``n`` collated batches of the current task's samples on the device (for Fisher estimates etc.)."""
+    def iter_batches(self, n: int, batch_size: int | None = None, seed: int = 0, *,
+                     shard: bool = False) -> Iterator[dict]:
+        """Up to ``n`` collated batches of the current task's samples on the device (for Fisher estimates etc.),
+        in one seeded order. ``shard``: batch ``b`` of them is collated and yielded only on process ``b mod P``
+        (a pass whose sums the caller adds up with :meth:`all_sum`); otherwise every process gets every batch."""
         rng = random.Random(seed)
         order = list(range(len(self.samples)))
         rng.shuffle(order)
         bs = batch_size or self.cfg.batch_size
-        for k in range(0, min(len(order), n * bs), bs):
-            yield self._to_device(self.collator([self.samples[i] for i in order[k : k + bs]]))
+        rank, world = (self.acc.process_index, self.acc.num_processes) if shard else (0, 1)
+        for b, k in enumerate(range(0, min(len(order), n * bs), bs)):
+            if b % world == rank:
+                yield self._to_device(self.collator([self.samples[i] for i in order[k : k + bs]]))
 
-    def _all_sum(self, values: list[float]) -> list[float]:
+    def all_sum(self, values: list[float]) -> list[float]:
         """Sum ``values`` over all processes (float64; a no-op with one process)."""
         if self.acc.num_processes == 1:
             return values
@@ -405,7 +410,7 @@ class TaskTrainer:
         ids = self._indices
         collated = [self.collator([samples[i] for i in idx], indices=[i if ids is None else ids[i] for i in idx])
                     if idx is not None else None for idx in local]
-        (n_tokens,) = self._all_sum([float(sum(answer_tokens(c) for c in collated if c is not None))])
+        (n_tokens,) = self.all_sum([float(sum(answer_tokens(c) for c in collated if c is not None))])
         lm_sum, bad, term_sums, terms = 0.0, 0.0, {}, {}
         for s, idx in enumerate(local):
             last, real = s == len(local) - 1, idx is not None
@@ -433,7 +438,7 @@ class TaskTrainer:
                 for k, v in terms.items():
                     term_sums[k] = term_sums.get(k, 0.0) + float(v.detach())
         keys = sorted(term_sums) if term_sums else sorted(terms)
-        sums = self._all_sum([lm_sum, bad, *[term_sums.get(k, 0.0) for k in keys]])
+        sums = self.all_sum([lm_sum, bad, *[term_sums.get(k, 0.0) for k in keys]])
         terms_val = {k: v / n_micro for k, v in zip(keys, sums[2:])}
         return sums[0] / max(n_tokens, 1.0), terms_val, n_tokens, sums[1] > 0
 

@@ -226,15 +226,15 @@ class SMoEDSAL(Method):
     @torch.no_grad()
     def measure_mean_dsal(self, group: int, trainer: Any) -> torch.Tensor:
         """``[L]`` μ of module ``group``: its mean DSAL per layer over (a share ``mean_dsal_fraction`` of) its
-        domain's training samples, every layer routed through it as in training (prompt tokens only)."""
+        domain's training samples, every layer routed through it as in training (prompt tokens only). Several
+        processes share the batches (batch ``b`` on process ``b mod P``) and add up their sums (float64)."""
         n = len(trainer.samples)
         bs = trainer.cfg.batch_size
         batches = max(1, math.ceil(n * self.options.mean_dsal_fraction / bs))
         total, count = torch.zeros(len(self.layers), dtype=torch.float64), 0
-        for batch in trainer.iter_batches(batches, batch_size=bs, seed=group):
+        for batch in trainer.iter_batches(batches, batch_size=bs, seed=group, shard=True):
             prompt = batch["attention_mask"].bool() & (batch["labels"] == -100)
-            # a measuring pass is not an evaluation: it counts no activated experts (every process measures the
-            # whole domain, so counting it would also make the all-reduced count depend on the process count)
+            # a measuring pass is not an evaluation: it counts no activated experts
             self._measure_group, self._measured, self._counting = group, {}, False
             try:
                 self.select(batch, "measure", prompt=prompt)
@@ -242,7 +242,8 @@ class SMoEDSAL(Method):
             finally:
                 self._measure_group, self._measured, self._counting = -1, {}, True
             count += int(batch["input_ids"].shape[0])
-        return (total / max(count, 1)).float()
+        *sums, count = trainer.all_sum([*total.tolist(), float(count)])  # every process's share (one: as it is)
+        return (torch.tensor(sums, dtype=torch.float64) / max(count, 1)).float()
 
     def _mix_hook(self, layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         """Ours+: the layer's output replaced by the mean of ``ȟ`` over each sample's module set (samples with one
