@@ -719,6 +719,11 @@ class ContinualRun:
             out["variants"] = {v: {"matrix": m, **summarize([r[: j + 1] for j, r in enumerate(m)]),
                                    "metric": metric_summary(self.cfg.evaluation.metric, m, matrices, self.method)}
                                for v, m in matrices.items() if v}
+            for v, entry in out["variants"].items():  # a variant's own method measurements per row, if any
+                own = {f"after_task_{k + 1}": sc["variants"][v]["method_eval"] for k, sc in enumerate(scores)
+                       if sc.get("variants", {}).get(v, {}).get("method_eval")}
+                if own:
+                    entry["method_eval"] = own
         locators = {}
         for k, sc in enumerate(scores):
             for v, vr in sc.get("variants", {}).items():

@@ -167,8 +167,10 @@ def evaluate_row(run: Any, k: int, *, regenerate: bool = False) -> dict[str, Var
                 acc.log({tag: cell}, step=k + 1)
         if routed:
             row.locator = locator_report(true_tasks, routed, names)
-        if not variant and hasattr(run.method, "evaluation_metrics"):
-            row.method_eval = run.method.evaluation_metrics()  # every process calls it (it may all-reduce)
+        if hasattr(run.method, "evaluation_metrics"):
+            # every process calls it (it may all-reduce), after every variant: what a variant's passes measured
+            # (SMoE-DSAL's Ours+ module counts) is that variant's, not left for the next row's main evaluation
+            row.method_eval = run.method.evaluation_metrics()
         result[variant] = row
     return result
 

@@ -1,7 +1,7 @@
 """``dymoe run`` with ``method.name=smoe_dsal`` on the tiny backbone and the mini-domains miniature (slow): the
 three domains' modules (one group per domain in every FFN, earlier ones bit-identical in the last checkpoint), the
 DSAL report (per-(instance, layer) and per-instance identification, activated experts) against the routed tasks
-written beside the predictions, and the oracle variant's own matrix."""
+written beside the predictions, the oracle variant's own matrix, and Ours+'s module counts kept with its variant."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ SETTINGS = [
     "benchmark.max_eval_samples=4",
     "training.batch_size=8",
     "evaluation.max_new_tokens=2",
+    "method.variants=[oracle, plus]",
     "trackers=[]",
 ]
 
@@ -82,3 +83,20 @@ def test_dsal_report_matches_the_routed_tasks(finished):
     oracle = scores["variants"]["oracle"]
     assert oracle["locator"]["accuracy"] == {"Medicine": 100.0, "Chart": 100.0, "Math": 100.0}
     assert (finished / "variants" / "oracle" / "matrix.json").is_file()
+
+
+def test_the_plus_variant_keeps_its_own_module_counts(finished):
+    """Ours+'s mean number of modules per (instance, layer) is reported with the ``plus`` variant of the row that
+    measured it (every test question × every layer), never in a main evaluation's report (before the fix the
+    counts of row k's plus pass turned up in row k + 1's main report, and the last row's were lost)."""
+    metrics = json.loads((finished / "metrics.json").read_text())
+    questions = {1: 4, 2: 4 + 3 * 4, 3: 4 + 3 * 4 + 4}  # Medicine 4; Chart 3 sets of 4; Math 4
+    for k in (1, 2, 3):
+        scores = json.loads((finished / "scores" / f"after_{k}.json").read_text())
+        assert "plus" not in (scores["variants"][""].get("method_eval") or {})
+        plus = scores["variants"]["plus"]["method_eval"]["plus"]
+        assert plus["pairs"] == questions[k] * 2  # the tiny backbone's 2 layers
+        assert 1.0 <= plus["mean_modules"] <= k  # the DSAL winner plus at most every other learned module
+        assert metrics["variants"]["plus"]["method_eval"][f"after_task_{k}"] == {"plus": plus}
+        assert "plus" not in metrics["method_eval"][f"after_task_{k}"]
+    assert "method_eval" not in metrics["variants"]["oracle"]
