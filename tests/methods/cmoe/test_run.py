@@ -6,10 +6,7 @@ with the same files."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,6 @@ from dymoe.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "configs" / "smoke.yaml"
-KILLRUN = Path(__file__).with_name("killrun.py")
 TASKS = ["ScienceQA", "ImageNet"]
 SETTINGS = [
     "method.name=cmoe",
@@ -39,20 +35,10 @@ SETTINGS = [
 pytestmark = pytest.mark.slow
 
 
-def _cli(out: Path, cache: Path, kill: str = "") -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(KILLRUN), "run", str(SMOKE), "--output", str(out)]
-    for s in SETTINGS:
-        cmd += ["--set", s]
-    env = dict(os.environ, DYMOE_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", DYMOE_TEST_CMOE_KILL=kill,
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, dymoe_cache):
+def finished(tmp_path_factory, dymoe_cli):
     out = tmp_path_factory.mktemp("cmoe") / "run"
-    proc = _cli(out, dymoe_cache)
+    proc = dymoe_cli(out, SETTINGS)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -152,18 +138,18 @@ def test_locator_equals_a_loop_with_the_backbone_alone_and_the_saved_vaes(finish
     assert cm["BWT"] == pytest.approx(sum(main[-1][i] - oracle_m[i][i] for i in range(2)) / 2)
 
 
-def test_resume_after_sigkill_in_the_probe_phase_and_in_training(finished, tmp_path, dymoe_cache):
+def test_resume_after_sigkill_in_the_probe_phase_and_in_training(finished, tmp_path, dymoe_cli):
     out = tmp_path / "killed"
     probe, train = tmp_path / "probe.marker", tmp_path / "train.marker"
-    kill = f"probe:{probe},train:2:{train}"
-    proc = _cli(out, dymoe_cache, kill)
+    kill = f"cmoe.probe:{probe},cmoe.train:2:{train}"
+    proc = dymoe_cli(out, SETTINGS, kill)
     assert proc.returncode == -signal.SIGKILL and probe.exists() and not train.exists(), proc.stderr[-3000:]
     assert not (out / "checkpoints" / "task_2_ImageNet.plan").exists()
-    proc = _cli(out, dymoe_cache, kill)  # plans task 2 again, then is killed at its second training step
+    proc = dymoe_cli(out, SETTINGS, kill)  # plans task 2 again, then is killed at its second training step
     assert proc.returncode == -signal.SIGKILL and train.exists(), proc.stderr[-3000:]
     assert (out / "checkpoints" / "task_2_ImageNet.plan" / "plan.json").is_file()
     assert not (out / "checkpoints" / "task_2_ImageNet").exists()
-    proc = _cli(out, dymoe_cache, kill)
+    proc = dymoe_cli(out, SETTINGS, kill)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "planning phase loaded" in proc.stderr
     for rel in ["matrix.json", "variants/oracle/matrix.json", "variants/last_router/matrix.json",

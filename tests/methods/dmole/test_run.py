@@ -7,10 +7,7 @@ between the planning phase (proxy, allocation, autoencoder) and training ends wi
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,6 @@ from dymoe.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "configs" / "smoke.yaml"
-KILLRUN = Path(__file__).with_name("killrun.py")
 TASKS = ["ImageNet", "GQA"]
 SETTINGS = [
     "method.name=dmole",
@@ -40,20 +36,10 @@ SETTINGS = [
 pytestmark = pytest.mark.slow
 
 
-def _cli(out: Path, cache: Path, kill: str = "") -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(KILLRUN), "run", str(SMOKE), "--output", str(out)]
-    for s in SETTINGS:
-        cmd += ["--set", s]
-    env = dict(os.environ, DYMOE_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", DYMOE_TEST_DMOLE_KILL=kill,
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, dymoe_cache):
+def finished(tmp_path_factory, dymoe_cli):
     out = tmp_path_factory.mktemp("dmole") / "run"
-    proc = _cli(out, dymoe_cache)
+    proc = dymoe_cli(out, SETTINGS)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -143,18 +129,18 @@ def test_routing_equals_a_loop_with_the_pretrained_backbone_and_the_saved_autoen
     assert dm["BWT"] == pytest.approx(main[1][0] - main[0][0])
 
 
-def test_resume_after_sigkill_between_proxy_and_training(finished, tmp_path, dymoe_cache):
+def test_resume_after_sigkill_between_proxy_and_training(finished, tmp_path, dymoe_cli):
     """Killed after task 2's planning phase (proxy, allocation, autoencoder) was saved and before its experts are
     added and trained: the resumed run loads the plan instead of planning again and ends with the same files.
-    (``killrun.py`` can also kill right after the proxy, ``proxy:<marker>``: the unsaved plan is then redone.)"""
+    (``killrun.py`` can also kill right after the proxy, ``dmole.proxy:<marker>``: the unsaved plan is then redone.)"""
     out = tmp_path / "killed"
     grow = tmp_path / "grow.marker"
-    kill = f"grow:{grow}"
-    proc = _cli(out, dymoe_cache, kill)
+    kill = f"dmole.grow:{grow}"
+    proc = dymoe_cli(out, SETTINGS, kill)
     assert proc.returncode == -signal.SIGKILL and grow.exists(), proc.stderr[-3000:]
     assert (out / "checkpoints" / "task_2_GQA.plan" / "plan.json").is_file()
     assert not (out / "checkpoints" / "task_2_GQA").exists()
-    proc = _cli(out, dymoe_cache, kill)
+    proc = dymoe_cli(out, SETTINGS, kill)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "planning phase loaded" in proc.stderr
     for rel in ["matrix.json", "predictions/GQA/after_2.jsonl", "predictions/ImageNet/after_2.jsonl",

@@ -6,18 +6,12 @@ written beside the predictions, the oracle variant's own matrix, and Ours+'s mod
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from dymoe.io import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[3]
-SMOKE = ROOT / "configs" / "smoke.yaml"
 SETTINGS = [
     "method.name=smoe_dsal",
     "method.expert_width=8",
@@ -37,15 +31,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, dymoe_cache):
+def finished(tmp_path_factory, dymoe_cli):
     out = tmp_path_factory.mktemp("smoe") / "run"
-    cmd = [sys.executable, "-m", "dymoe.cli.main", "run", str(SMOKE), "--output", str(out)]
-    for s in SETTINGS:
-        cmd += ["--set", s]
-    env = dict(os.environ, DYMOE_CACHE=str(dymoe_cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = dymoe_cli(out, SETTINGS)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
