@@ -220,6 +220,6 @@ def test_smoe_dsal_single_and_multi_domain_plans(tmp_path):
         (d / "metrics.json").write_text(json.dumps({"label": label, "final": {task: value}}))
         dirs.append(d)
     markdown, csv_text = per_task_table(dirs, ["Medicine", "Chart", "Math"])
-    assert "| A | 15.00 ± 5.00 | 4.00 | 6.00 | 8.33 |" in markdown  # mean of 15, 4, 6
+    assert "| A | 15.00 ± 7.07 | 4.00 | 6.00 | 8.33 |" in markdown  # sample std of 10, 20; mean of 15, 4, 6
     assert "| B | 1.00 |  |  |  |" in markdown
     assert csv_text.splitlines()[1] == "A,15.00,4.00,6.00,8.33"

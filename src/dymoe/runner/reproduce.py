@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -170,9 +171,9 @@ def per_task_table(run_dirs: list[Path], tasks: list[str]) -> tuple[str, str]:
     def cell(vals: list[float]) -> str:
         if not vals:
             return ""
-        mean = sum(vals) / len(vals)
-        std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
-        return f"{mean:.2f}" + (f" ± {std:.2f}" if len(vals) > 1 else "")
+        if len(vals) == 1:
+            return f"{vals[0]:.2f}"
+        return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}"  # sample std, as the other tables
 
     head = ["method", *tasks, "Mean"]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -183,7 +184,7 @@ def per_task_table(run_dirs: list[Path], tasks: list[str]) -> tuple[str, str]:
                                                         else ""]
         md.append("| " + " | ".join([label, *row]) + " |")
         csv.append(",".join([label, *(c.split(" ")[0] for c in row)]))
-    note = "\n\nEach task trained alone from the base model (its run's final cell); mean ± std over seeds.\n"
+    note = "\n\nEach task trained alone from the base model (its run's final cell); mean ± sample std over seeds.\n"
     return "\n".join(md) + note, "\n".join(csv) + "\n"
 
 
@@ -218,7 +219,6 @@ def immediate_last_table(run_dirs: list[Path], paper: dict | None = None) -> tup
     ``{"Immediate": {...}, "Last": {...}}`` rows are printed under the measured ones, restricted to the tasks run;
     their Mean / BWT only when every paper task was run.
     """
-    import statistics
 
     from dymoe.eval.metrics import cmoe_summary
 
@@ -288,7 +288,6 @@ def run_dir_name(label: str) -> str:
 def task_router_table(run_dirs: list[Path]) -> str:
     """Markdown: the task router's accuracy per task after each run's last task (``metrics.json`` ``method_eval``),
     mean ± std over the runs of each label; empty when no run has a task router."""
-    import statistics
 
     per_label: dict[str, list[dict[str, float]]] = {}
     for d in run_dirs:
