@@ -232,3 +232,18 @@ def test_router_bank_shared_by_a_block_cmoe(tiny, tmp_path):
     fresh, _ = load_adapter(tiny.llama(), tmp_path / "ckpt")
     with torch.no_grad(), fresh.context.use(router_ids=torch.tensor(rids)):
         assert torch.equal(fresh.model(input_ids=ids).logits, batched)
+
+
+def test_backbone_only_bypasses_records_nothing_and_restores_everything():
+    """``RoutingContext.backbone_only()``: inside, every expert layer is bypassed and nothing is recorded; after it
+    the caller's inputs (here a group mask and recording on) and per-forward selections are back unchanged."""
+    from dymoe.layers.context import RoutingContext
+
+    ctx = RoutingContext()
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    ctx.group_mask, ctx.recording, ctx.selections = mask, True, {"layer": torch.tensor([0, 1])}
+    with ctx.backbone_only() as inner:
+        assert inner is ctx and ctx.bypass is True and ctx.recording is False
+        ctx.selections["other"] = torch.tensor([1, 1])  # a side forward's own selections are dropped after it
+    assert ctx.bypass is False and ctx.recording is True and ctx.group_mask is mask
+    assert list(ctx.selections) == ["layer"]

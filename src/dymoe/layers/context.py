@@ -167,6 +167,15 @@ class RoutingContext:
                 setattr(self, k, v)
             self.selections, self.shared_gates = sel, shared
 
+    @contextlib.contextmanager
+    def backbone_only(self) -> Iterator[RoutingContext]:
+        """:meth:`isolated` with every expert layer bypassed and nothing recorded: a side forward of the frozen
+        backbone (feature passes, D-MoLE's proxy); per-batch inputs such as ``group_mask`` or ``selector`` are
+        moot there (a bypassed layer returns its base output before reading them)."""
+        with self.isolated():
+            self.bypass, self.recording = True, False
+            yield self
+
     # ------------------------------------------------------------------ per-row views of per-sample inputs
     def token_mask(self, batch: int, seq: int, stream: str = "text") -> torch.Tensor | None:
         """Non-pad mask ``[batch * seq]`` for hidden states of shape ``[batch, seq, d]``.

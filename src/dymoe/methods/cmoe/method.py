@@ -360,8 +360,7 @@ class CMoE(Method):
         """PTL (cmoe.md §5.3): ``[B]`` argmax over the trained tasks of the z-scored log p_rec of each sample's
         frozen-backbone feature (generation batches: left padded)."""
         ctx = self.adapter.context
-        with ctx.isolated():
-            ctx.bypass, ctx.recording = True, False
+        with ctx.backbone_only():
             feats = last_prompt_features(self.model, batch, left_padded=True)  # [B, d]
         return self.locate_features(feats)
 

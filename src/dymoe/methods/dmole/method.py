@@ -152,9 +152,7 @@ class DMoLE(Method):
         was_training = self.model.training
         self.model.eval()
         try:
-            with ctx.isolated():
-                ctx.bypass, ctx.recording = True, False
-                ctx.group_mask = None
+            with ctx.backbone_only():
                 z = router_feature(self.model, self._vision, batch, image_sample, vision_dim=self.vision_dim,
                                    image_token_id=image_token, pad_token_id=pad,
                                    normalize=self.options.normalize_features)
@@ -175,8 +173,7 @@ class DMoLE(Method):
             p.requires_grad_(True)
         loss_sum, n_batches = 0.0, 0
         try:
-            with ctx.isolated():
-                ctx.bypass, ctx.recording, ctx.group_mask = True, False, None
+            with ctx.backbone_only():
                 for batch, _info in planner.batches(idx, batch_size=o.proxy_batch_size, phase="plan"):
                     out = model(**batch)
                     out.loss.backward()  # gradients summed over the subset's batches (no optimizer step)

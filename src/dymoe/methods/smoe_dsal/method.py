@@ -205,8 +205,7 @@ class SMoEDSAL(Method):
         was_training = self.model.training
         self.model.eval()
         try:
-            with ctx.isolated():
-                ctx.bypass, ctx.recording, ctx.group_mask, ctx.selector = True, False, None, None
+            with ctx.backbone_only():
                 return edi_features(self.model, self._vision, batch, image_sample, kind=self.options.edi_features,
                                     vision_dim=self._vision_dim, image_token_id=image_token,
                                     pad_token_id=pad).float()
